@@ -1,0 +1,151 @@
+"""The objects one petvault process shares between its listeners, and their lifetime.
+
+`open_runtime` creates the MongoDB client, the S3 client, the identity cache and the
+audit log inside a running event loop, and closes them on exit. Nothing here runs at
+import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from service.audit import AuditLog
+from service.config import ConfigError, Settings, check_mongodb_uri_escaping
+from service.identity import IdentityCache, fingerprint_of, read_presented_certificate
+from service.storage.mongo import DuplicateError, MetadataStore
+from service.storage.s3 import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: MetadataStore
+    objects: ObjectStore
+    identity: IdentityCache
+    audit: AuditLog
+    background_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+def create_mongo_client(settings: Settings) -> Any:
+    """Create the MongoDB client for the configured URI, or the embedded stand-in."""
+    if settings.uses_embedded_mongodb:
+        if settings.env == "production":
+            raise ConfigError("the embedded MongoDB stand-in is not allowed in production")
+        from mongomock_motor import AsyncMongoMockClient
+
+        logger.warning(
+            "using the embedded in-memory MongoDB stand-in (mongomock): data is lost at exit "
+            "and no authentication is enforced; set PETVAULT_MONGODB_URI for a real server"
+        )
+        return AsyncMongoMockClient(tz_aware=True)
+
+    check_mongodb_uri_escaping(settings.mongodb_uri)
+    from pymongo import AsyncMongoClient
+    from pymongo.errors import ConfigurationError, InvalidURI
+
+    try:
+        return AsyncMongoClient(
+            settings.mongodb_uri,
+            tz_aware=True,
+            serverSelectionTimeoutMS=settings.mongodb_timeout_ms,
+            connectTimeoutMS=settings.mongodb_timeout_ms,
+            appname="petvault",
+        )
+    except (ConfigurationError, InvalidURI, ValueError) as exc:
+        # PyMongo's message names the URI part at fault but not the credentials.
+        raise ConfigError(f"PETVAULT_MONGODB_URI is invalid: {exc}") from exc
+
+
+async def register_certificates_from(
+    store: MetadataStore, directory: Path, household_id: str
+) -> list[str]:
+    """Register every `*.pem` device certificate in `directory`; return the device ids.
+
+    A development shortcut for the embedded store, which starts empty. Certificates
+    already registered are skipped.
+    """
+    registered = []
+    for path in sorted(directory.glob("*.pem")):
+        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+        presented = read_presented_certificate(certificate.public_bytes(Encoding.PEM).decode())
+        if presented is None or presented.device_id is None:
+            logger.warning("skipping %s: not a petvault device certificate", path.name)
+            continue
+        try:
+            await store.register_device_certificate(
+                device_id=presented.device_id,
+                household_id=household_id,
+                fingerprint=fingerprint_of(certificate.public_bytes(Encoding.DER)),
+                serial=presented.serial,
+                not_after=certificate.not_valid_after_utc,
+                now=datetime.now(UTC),
+            )
+        except DuplicateError:
+            pass
+        registered.append(presented.device_id)
+    return registered
+
+
+@asynccontextmanager
+async def open_runtime(settings: Settings, *, mongo_client: Any = None) -> AsyncIterator[Runtime]:
+    """Open every client the service needs and close them on exit.
+
+    Args:
+        settings: The service settings.
+        mongo_client: An existing client to share, e.g. one embedded store between two
+            server instances in a test. The caller keeps ownership of it.
+    """
+    owns_client = mongo_client is None
+    client = mongo_client if mongo_client is not None else create_mongo_client(settings)
+    try:
+        store = MetadataStore(client[settings.mongodb_database])
+        await store.ensure_indexes()
+        if settings.register_devices_from is not None:
+            device_ids = await register_certificates_from(
+                store, settings.register_devices_from, settings.register_household_id
+            )
+            logger.info("registered %d device certificate(s) from %s", len(device_ids),
+                        settings.register_devices_from)
+
+        if not settings.s3_bucket:
+            raise ConfigError("PETVAULT_S3_BUCKET is not set; name the recordings bucket")
+        objects = ObjectStore(
+            bucket=settings.s3_bucket,
+            region=settings.s3_region,
+            endpoint_url=settings.s3_endpoint_url,
+            addressing_style=settings.s3_addressing_style,
+        )
+        identity = IdentityCache(store, max_staleness=settings.identity_cache_max_staleness_seconds)
+        runtime = Runtime(
+            settings=settings,
+            store=store,
+            objects=objects,
+            identity=identity,
+            audit=AuditLog(store),
+        )
+        runtime.background_tasks.append(asyncio.create_task(identity.run_refresher()))
+        try:
+            yield runtime
+        finally:
+            for task in runtime.background_tasks:
+                task.cancel()
+            for task in runtime.background_tasks:
+                with suppress(asyncio.CancelledError):
+                    await task
+    finally:
+        if owns_client:
+            result = client.close()
+            if asyncio.iscoroutine(result):
+                await result
