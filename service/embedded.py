@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import boto3
 
@@ -35,7 +36,7 @@ class EmbeddedS3:
     def __init__(self, bucket: str = "petvault-demo", region: str = "us-east-1") -> None:
         self.bucket = bucket
         self.region = region
-        self._server = None
+        self._server: Any = None
         self.endpoint_url = ""
 
     def start(self) -> EmbeddedS3:

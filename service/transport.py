@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +110,7 @@ class ClientCertH11Protocol(H11Protocol):
         }
 
 
-def client_certificate_from_scope(scope: dict[str, Any]) -> str | None:
+def client_certificate_from_scope(scope: Mapping[str, Any]) -> str | None:
     """Return the PEM client leaf from the ASGI TLS extension, or None when absent."""
     tls = scope.get("extensions", {}).get("tls") or {}
     chain = tls.get("client_cert_chain") or []
