@@ -66,10 +66,14 @@ def error_response(
 
 def _describe_validation_error(error: dict[str, Any]) -> str:
     # loc is like ("body", "size_bytes"); the "input" key is deliberately ignored.
-    location = ".".join(str(part) for part in error.get("loc", ()) if part != "body") or "body"
-    message = str(error.get("msg", "invalid value"))
+    loc = list(error.get("loc", ()))
     if error.get("type") == "json_invalid":
         return "request body is not valid JSON"
+    if error.get("type") == "extra_forbidden":
+        # The last part of loc is the unknown key itself, which the client sent.
+        loc = [*loc[:-1], "<unknown field>"]
+    location = ".".join(str(part) for part in loc if part != "body") or "body"
+    message = str(error.get("msg", "invalid value"))
     return f"{location}: {message}"
 
 

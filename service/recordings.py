@@ -7,7 +7,7 @@ import binascii
 import json
 import re
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -107,7 +107,9 @@ def recording_out(document: dict[str, Any]) -> RecordingOut:
 def encode_cursor(document: dict[str, Any]) -> str:
     created_at = as_utc(document["created_at"])
     assert created_at is not None
-    payload = json.dumps({"t": created_at.isoformat(), "id": document["_id"]}, separators=(",", ":"))
+    payload = json.dumps(
+        {"t": created_at.isoformat(), "id": document["_id"]}, separators=(",", ":")
+    )
     return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
@@ -132,6 +134,8 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise invalid from None
     if not isinstance(recording_id, str) or not RECORDING_ID_PATTERN.fullmatch(recording_id):
         raise invalid
-    if created_at.tzinfo is None:
+    # `encode_cursor` writes UTC. With another offset (or none), a time near year 1 or
+    # 9999 overflows when the driver converts it to UTC, and the request would fail.
+    if created_at.utcoffset() != timedelta(0):
         raise invalid
     return created_at, recording_id

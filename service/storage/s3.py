@@ -86,6 +86,13 @@ class ObjectStore:
             return expiry if expiry.tzinfo else expiry.replace(tzinfo=UTC)
         return None
 
+    @staticmethod
+    def _signing_time() -> datetime:
+        # SigV4 stamps X-Amz-Date and the POST policy expiration in whole seconds, taken
+        # from the clock when botocore signs, after this call. Counting the TTL from the
+        # same whole second keeps expires_at from outliving the URL by a fraction.
+        return datetime.now(UTC).replace(microsecond=0)
+
     def _true_expiry(self, now: datetime, ttl_seconds: int) -> datetime:
         # A URL stops working when its signing credentials expire, even before its TTL.
         expires_at = now + timedelta(seconds=ttl_seconds)
@@ -105,7 +112,7 @@ class ObjectStore:
             size_bytes: The only size the policy accepts (content-length-range min = max).
             ttl_seconds: How long the form stays valid.
         """
-        now = datetime.now(UTC)
+        now = self._signing_time()
         post = self.client.generate_presigned_post(
             Bucket=self.bucket,
             Key=key,
@@ -117,12 +124,14 @@ class ObjectStore:
             ExpiresIn=ttl_seconds,
         )
         return PresignedPost(
-            url=post["url"], fields=dict(post["fields"]), expires_at=self._true_expiry(now, ttl_seconds)
+            url=post["url"],
+            fields=dict(post["fields"]),
+            expires_at=self._true_expiry(now, ttl_seconds),
         )
 
     def presign_download(self, key: str, *, ttl_seconds: int) -> PresignedGet:
         """Sign a GET for one object. The URL is a bearer credential: never log or store it."""
-        now = datetime.now(UTC)
+        now = self._signing_time()
         expires_at = self._true_expiry(now, ttl_seconds)
         # Sign no longer than the credentials live, so the URL's own expiry is the true one.
         effective_ttl = max(1, int((expires_at - now).total_seconds()))
@@ -140,9 +149,13 @@ class ObjectStore:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _MISSING_OBJECT_CODES:
                 return None
-            raise ObjectStoreUnavailableError(f"GetObject failed: {code or 'unknown error'}") from exc
+            raise ObjectStoreUnavailableError(
+                f"GetObject failed: {code or 'unknown error'}"
+            ) from exc
         except BotoCoreError as exc:
-            raise ObjectStoreUnavailableError(f"GetObject failed: {exc.__class__.__name__}") from exc
+            raise ObjectStoreUnavailableError(
+                f"GetObject failed: {exc.__class__.__name__}"
+            ) from exc
 
         digest = hashlib.sha256()
         body = response["Body"]
@@ -150,7 +163,9 @@ class ObjectStore:
             for chunk in body.iter_chunks(_READ_CHUNK_BYTES):
                 digest.update(chunk)
         except BotoCoreError as exc:
-            raise ObjectStoreUnavailableError(f"reading the object failed: {exc.__class__.__name__}") from exc
+            raise ObjectStoreUnavailableError(
+                f"reading the object failed: {exc.__class__.__name__}"
+            ) from exc
         finally:
             body.close()
         return StoredObject(
@@ -170,9 +185,13 @@ class ObjectStore:
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
-            raise ObjectStoreUnavailableError(f"DeleteObject failed: {code or 'unknown error'}") from exc
+            raise ObjectStoreUnavailableError(
+                f"DeleteObject failed: {code or 'unknown error'}"
+            ) from exc
         except BotoCoreError as exc:
-            raise ObjectStoreUnavailableError(f"DeleteObject failed: {exc.__class__.__name__}") from exc
+            raise ObjectStoreUnavailableError(
+                f"DeleteObject failed: {exc.__class__.__name__}"
+            ) from exc
 
     async def delete_object(self, key: str) -> None:
         await asyncio.to_thread(self._delete_object_sync, key)
@@ -181,7 +200,9 @@ class ObjectStore:
         try:
             self.client.head_bucket(Bucket=self.bucket)
         except (ClientError, BotoCoreError) as exc:
-            raise ObjectStoreUnavailableError(f"HeadBucket failed: {exc.__class__.__name__}") from exc
+            raise ObjectStoreUnavailableError(
+                f"HeadBucket failed: {exc.__class__.__name__}"
+            ) from exc
 
     async def check_bucket(self) -> None:
         await asyncio.to_thread(self._head_bucket_sync)
