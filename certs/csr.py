@@ -110,7 +110,18 @@ def _accepted_public_key(csr: x509.CertificateSigningRequest) -> CertificatePubl
         raise CsrRejectedError(
             f"CSR public key uses an unsupported algorithm; {_ACCEPTED_KEYS}"
         ) from None
+    return check_device_public_key(public_key)
 
+
+def check_device_public_key(public_key: CertificatePublicKeyTypes) -> CertificatePublicKeyTypes:
+    """Accept ECDSA P-256/P-384 and RSA keys of at least 2048 bits; reject anything else.
+
+    Returns:
+        The key unchanged.
+
+    Raises:
+        CsrRejectedError: The key type, curve or size is not accepted.
+    """
     if isinstance(public_key, ec.EllipticCurvePublicKey):
         if public_key.curve.name not in ALLOWED_EC_CURVES:
             raise CsrRejectedError(
