@@ -10,8 +10,10 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 
+from service.body_limit import BodySizeLimitMiddleware
 from service.config import Settings
 from service.errors import install_error_handlers
+from service.limits import RateLimitHeadersMiddleware
 from service.routes import device
 from service.runtime import Runtime, open_runtime
 from service.storage.mongo import StoreUnavailableError
@@ -25,6 +27,10 @@ Expires: 2027-12-31T23:59:59Z
 Preferred-Languages: en
 Policy: https://petvault.example/security-policy
 """
+
+# Device API request bodies are JSON of a few hundred bytes, because audio goes
+# straight to S3.
+MAX_REQUEST_BODY_BYTES = 16 * 1024
 
 
 async def _no_store(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
@@ -65,7 +71,11 @@ def create_device_app(settings: Settings, runtime: Runtime | None = None) -> Fas
         lifespan=_lifespan_for(settings, runtime),
     )
     install_error_handlers(app)
+    # Added first, so it is the innermost middleware. Its 413 must reach FastAPI's body
+    # parsing as it is, and the `_no_store` middleware would wrap it in an ExceptionGroup.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=MAX_REQUEST_BODY_BYTES)
     app.middleware("http")(_no_store)
+    app.add_middleware(RateLimitHeadersMiddleware)
     app.include_router(device.router)
 
     @app.get("/.well-known/security.txt", include_in_schema=False)
@@ -101,6 +111,9 @@ def create_health_app(runtime_getter: Callable[[], Runtime | None]) -> FastAPI:
             checks["s3"] = "ok"
         except ObjectStoreUnavailableError:
             checks["s3"] = "unavailable"
+        if runtime.crl is not None:
+            # "stale" once nextUpdate has passed: relying parties then reject the CRL.
+            checks["crl"] = runtime.crl.health()
         healthy = all(value == "ok" for value in checks.values())
         return _health_response(200 if healthy else 503,
                                 {"status": "ok" if healthy else "degraded", "checks": checks})

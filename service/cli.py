@@ -64,7 +64,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from service.demo import run_demo
 
-    return run_demo(certs_dir=args.certs_dir, port=args.port, keep_serving=args.serve)
+    return run_demo(certs_dir=args.certs_dir, port=args.port, keep_serving=args.serve,
+                    admin_port=args.admin_port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", help="run the service on embedded stand-ins and simulate two toys"
     )
     demo.add_argument("--port", type=int, default=8443, help="device listener port (default: 8443)")
+    demo.add_argument("--admin-port", type=int, default=8444,
+                      help="admin listener port (default: 8444)")
     demo.add_argument("--certs-dir", type=Path, default=Path("certs/dev"),
                       help="development PKI directory, created when missing (default: certs/dev)")
     demo.add_argument("--serve", action="store_true",
@@ -90,8 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_demo)
 
     from certs.cli import add_parser as add_certs_parser
+    from service.admin_cli import add_parser as add_admin_parser
 
     add_certs_parser(commands)
+    add_admin_parser(commands)
     return parser
 
 

@@ -8,13 +8,17 @@ at once instead of failing on the first.
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from pathlib import Path
-from typing import Literal
-from urllib.parse import urlsplit
+from typing import Annotated, Literal
+from urllib.parse import parse_qsl
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from service.limit_storage import check_storage_url
+from service.limits import check_rate_limit_overrides, parse_rate_limits
 
 # URIs that select the in-process MongoDB-API stand-in instead of a real server.
 EMBEDDED_MONGODB_URI = "embedded://"
@@ -26,7 +30,10 @@ MAX_DOWNLOAD_TTL_SECONDS = 900
 class Settings(BaseSettings):
     """All petvault settings. Each field reads `PETVAULT_<FIELD>` from the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="PETVAULT_", env_file=".env", extra="ignore")
+    # Validation errors never repeat the input: URIs here can carry passwords.
+    model_config = SettingsConfigDict(
+        env_prefix="PETVAULT_", env_file=".env", extra="ignore", hide_input_in_errors=True
+    )
 
     env: Literal["development", "production"] = "development"
 
@@ -65,10 +72,56 @@ class Settings(BaseSettings):
     # Upper bound on how long a cached device status may be served after it changes.
     identity_cache_max_staleness_seconds: float = Field(default=1.0, gt=0, le=1.0)
 
+    # The device CA's CRL: nextUpdate - thisUpdate, and an optional PEM file that is
+    # replaced after every signing (for nginx `ssl_crl` or a load balancer).
+    crl_next_update_hours: float = Field(default=24.0, gt=0, le=24 * 31)
+    crl_path: Path | None = None
+
     # Directory of device certificates to register at startup. Development only: it
     # exists so the embedded store, which starts empty, can serve known devices.
     register_devices_from: Path | None = None
     register_household_id: str = "household-demo"
+
+    # Per-device rate limits, in the `limits` notation; every limit in a list applies.
+    rate_limit_enabled: bool = True
+    rate_limits: str = "60/minute;200/hour;400/day"
+    # Uploads (POST /v1/recordings) and downloads (GET /v1/recordings/{id}) get a budget
+    # of their own when set; unset, they count against `rate_limits`.
+    rate_limits_upload: str | None = None
+    rate_limits_download: str | None = None
+    # Requests whose certificate fails identity, per certificate fingerprint.
+    rate_limit_failed_auth: str = "10/minute"
+    # JSON, device id to limits: {"toy-9": "600/minute"} replaces the default budget's
+    # limits; {"toy-9": {"download": "600/minute"}} names route classes.
+    rate_limit_overrides: Annotated[dict[str, dict[str, str]], NoDecode] = Field(
+        default_factory=dict
+    )
+    # memory:// is per process; redis://HOST:PORT/DB shares the budget between workers.
+    rate_limit_storage: str = "memory://"
+    # Bound on one rate-limit check; a slower storage counts as unavailable.
+    rate_limit_storage_timeout_seconds: float = Field(default=0.5, gt=0, le=10)
+    rate_limit_fail_open: bool = False
+
+    @field_validator("admin_host")
+    @classmethod
+    def _check_admin_host(cls, value: str) -> str:
+        # The admin API revokes devices, so it must never face the Internet. 0.0.0.0
+        # counts as private to the ipaddress module but binds every interface.
+        if value == "localhost":
+            return value
+        try:
+            address = ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                f"PETVAULT_ADMIN_HOST {value!r} is not an IP address; use a loopback or "
+                "private address such as 127.0.0.1 or 10.0.0.5"
+            ) from None
+        if address.is_unspecified or not (address.is_loopback or address.is_private):
+            raise ValueError(
+                f"PETVAULT_ADMIN_HOST {value} is not a loopback or private address; "
+                "the admin listener must not be reachable from the Internet"
+            )
+        return value
 
     @field_validator("allowed_content_types", mode="before")
     @classmethod
@@ -87,6 +140,49 @@ class Settings(BaseSettings):
             if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", item):
                 raise ValueError(f"invalid content type {item!r} in PETVAULT_ALLOWED_CONTENT_TYPES")
         return [item.lower() for item in value]
+
+    @field_validator(
+        "rate_limits", "rate_limits_upload", "rate_limits_download", "rate_limit_failed_auth"
+    )
+    @classmethod
+    def _check_rate_limits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        parse_rate_limits(value, f"PETVAULT_{str(info.field_name).upper()}")
+        return value.strip()
+
+    @field_validator("rate_limit_overrides", mode="before")
+    @classmethod
+    def _parse_rate_limit_overrides(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"PETVAULT_RATE_LIMIT_OVERRIDES is not valid JSON ({exc.msg}); "
+                    'write e.g. {"toy-9": "600/minute"}'
+                ) from None
+        if isinstance(value, dict):
+            # A plain limit list overrides the default budget.
+            return {
+                device_id: {"default": limits} if isinstance(limits, str) else limits
+                for device_id, limits in value.items()
+            }
+        return value
+
+    @field_validator("rate_limit_overrides")
+    @classmethod
+    def _check_rate_limit_overrides(
+        cls, value: dict[str, dict[str, str]]
+    ) -> dict[str, dict[str, str]]:
+        check_rate_limit_overrides(value)
+        return value
+
+    @field_validator("rate_limit_storage")
+    @classmethod
+    def _check_rate_limit_storage(cls, value: str) -> str:
+        check_storage_url(value)
+        return value
 
     # Resolved paths: explicit settings win, otherwise the file names of `certs init`.
     @property
@@ -170,11 +266,22 @@ def _is_loopback_or_socket(host: str) -> bool:
         return False
 
 
+# Without an explicit `tls`, PyMongo 4 turns TLS on when one of these options is set
+# (pymongo/client_options.py, `_parse_ssl_options`).
+_TLS_FILE_OPTIONS = ("tlscafile", "tlscertificatekeyfile", "tlscertificatekeyfilepassword",
+                     "tlscrlfile")
+
+
 def _mongodb_uses_tls(uri: str) -> bool:
-    if uri.startswith("mongodb+srv://"):
-        return True  # SRV URIs enable TLS unless told otherwise.
-    query = urlsplit(uri).query.lower()
-    return "tls=true" in query or "ssl=true" in query
+    # `ssl` is PyMongo's alias of `tls`. An explicit value wins, so mongodb+srv:// with
+    # tls=false has no TLS.
+    options = {name.lower(): value for name, value in parse_qsl(uri.partition("?")[2])}
+    explicit = options.get("tls", options.get("ssl"))
+    if explicit is not None:
+        return explicit.lower() == "true"
+    if any(options.get(name) for name in _TLS_FILE_OPTIONS):
+        return True
+    return uri.startswith("mongodb+srv://")
 
 
 def production_problems(settings: Settings) -> list[str]:
@@ -190,7 +297,12 @@ def production_problems(settings: Settings) -> list[str]:
             "set it to an authenticated mongodb:// or mongodb+srv:// URI"
         )
     else:
-        userinfo = urlsplit(uri).netloc.rpartition("@")[0] if "://" in uri else ""
+        try:
+            check_mongodb_uri_escaping(uri)
+        except ConfigError as exc:
+            problems.append(str(exc))
+        # The userinfo ends at the last "@" before the options, as in the check above.
+        userinfo = uri.partition("://")[2].split("?", 1)[0].rpartition("@")[0]
         if not userinfo:
             problems.append(
                 "PETVAULT_MONGODB_URI has no credentials; production mode requires authentication "
@@ -223,5 +335,11 @@ def production_problems(settings: Settings) -> list[str]:
     if settings.register_devices_from is not None:
         problems.append(
             "PETVAULT_REGISTER_DEVICES_FROM is a development shortcut; enroll devices through the admin API"
+        )
+
+    if not settings.rate_limit_enabled:
+        problems.append(
+            "PETVAULT_RATE_LIMIT_ENABLED is false, which turns off per-device rate limits; "
+            "production mode requires them"
         )
     return problems

@@ -1,13 +1,16 @@
-"""FastAPI dependencies: the runtime, and the authenticated device of a request."""
+"""FastAPI dependencies: the runtime, and the authenticated, rate-limited device."""
 
 from __future__ import annotations
 
 import logging
+import ssl
+from collections.abc import Awaitable, Callable
 
 from fastapi import Request
 
 from service.errors import ApiError
-from service.identity import read_presented_certificate
+from service.identity import fingerprint_of, read_presented_certificate
+from service.limits import RouteClass
 from service.runtime import Runtime
 from service.storage.mongo import ACTIVE, REVOKED, SUSPENDED, DeviceRecord, StoreUnavailableError
 from service.transport import client_certificate_from_scope
@@ -22,6 +25,14 @@ def get_runtime(request: Request) -> Runtime:
 
 def client_ip(request: Request) -> str | None:
     return request.client.host if request.client else None
+
+
+def _fingerprint_of_der_in(pem: str) -> str | None:
+    # The ssl module only base64-decodes, so this works where X.509 parsing failed.
+    try:
+        return fingerprint_of(ssl.PEM_cert_to_DER_cert(pem))
+    except ValueError:
+        return None
 
 
 def metadata_unavailable() -> ApiError:
@@ -47,6 +58,15 @@ async def current_device(request: Request) -> DeviceRecord:
 
     presented = read_presented_certificate(pem)
     if presented is None:
+        logger.warning("unparseable client certificate rejected: ip=%s", source_ip)
+        await runtime.audit.record(
+            action="auth.invalid_certificate",
+            actor={"type": "certificate", "fingerprint": _fingerprint_of_der_in(pem)},
+            target=None,
+            source_ip=source_ip,
+            result="rejected",
+            coalesce=True,
+        )
         raise ApiError(401, "invalid_certificate", "the client certificate cannot be parsed")
 
     try:
@@ -113,3 +133,29 @@ async def _reject_inactive(runtime: Runtime, record: DeviceRecord, source_ip: st
         coalesce=True,
     )
     raise ApiError(status_code, code, message)
+
+
+def limited_device(route_class: RouteClass) -> Callable[[Request], Awaitable[DeviceRecord]]:
+    """Build a dependency that authenticates the device, then applies its rate limits.
+
+    A request whose certificate fails identity with 401 or 403 counts against a limit
+    keyed by the certificate's fingerprint; over that limit it gets 429 instead.
+
+    NOTE: FastAPI decodes a JSON body before it runs dependencies, so a request whose
+    body is not valid JSON gets its 422 without identity, rate limit or RateLimit
+    headers. Closing that gap needs the checks in a route class or middleware that
+    runs before the body is read.
+    """
+
+    async def authenticated_and_limited(request: Request) -> DeviceRecord:
+        rate_limits = get_runtime(request).rate_limits
+        try:
+            device = await current_device(request)
+        except ApiError as exc:
+            if exc.status_code in (401, 403):
+                await rate_limits.limit_failed_identity(request, exc)
+            raise
+        await rate_limits.limit_device(request, device, route_class)
+        return device
+
+    return authenticated_and_limited

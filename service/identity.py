@@ -19,7 +19,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from cryptography.x509.oid import NameOID
 
 from certs.naming import DEVICE_URI_PREFIX, InvalidNameError, validate_device_id
@@ -31,6 +31,11 @@ logger = logging.getLogger(__name__)
 # certificates carry one CN and one URI.
 _MAX_NAME_ATTRIBUTES = 32
 _MAX_SAN_ENTRIES = 16
+
+# Invalidation marks only matter while a query that started earlier is in flight;
+# they are pruned after this long once there are many of them.
+_INVALIDATION_MARK_SECONDS = 60.0
+_MAX_INVALIDATION_MARKS = 10_000
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,12 @@ class PresentedCertificate:
 
 
 def fingerprint_of(der: bytes) -> str:
+    return hashlib.sha256(der).hexdigest()
+
+
+def public_key_sha256_of(certificate: x509.Certificate) -> str:
+    """Return the SHA-256 of the DER SubjectPublicKeyInfo: one value per key, in any certificate."""
+    der = certificate.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(der).hexdigest()
 
 
@@ -137,6 +148,10 @@ class IdentityCache:
         self._max_entries = max_entries
         self._idle_eviction_seconds = idle_eviction_seconds
         self._entries: OrderedDict[str, _CacheEntry] = OrderedDict()
+        # Monotonic time of the last `invalidate` per fingerprint (and for all), so a
+        # query that was already in flight cannot cache its outdated result.
+        self._invalidated_at: dict[str, float] = {}
+        self._all_invalidated_at = float("-inf")
         self.database_lookups = 0  # counted for tests and benchmarks
 
     async def lookup(self, fingerprint: str) -> DeviceRecord | None:
@@ -158,17 +173,34 @@ class IdentityCache:
         return record
 
     def invalidate(self, fingerprints: list[str] | None = None) -> None:
-        """Drop entries (all when `fingerprints` is None) so the next lookup reads MongoDB."""
+        """Drop entries (all when `fingerprints` is None) so the next lookup reads MongoDB.
+
+        Results of queries that started before this call are not cached.
+        """
+        now = time.monotonic()
         if fingerprints is None:
             self._entries.clear()
+            self._invalidated_at.clear()
+            self._all_invalidated_at = now
             return
+        if len(self._invalidated_at) > _MAX_INVALIDATION_MARKS:
+            self._invalidated_at = {
+                fingerprint: moment
+                for fingerprint, moment in self._invalidated_at.items()
+                if now - moment < _INVALIDATION_MARK_SECONDS
+            }
         for fingerprint in fingerprints:
             self._entries.pop(fingerprint, None)
+            self._invalidated_at[fingerprint] = now
 
     def _remember(self, fingerprint: str, record: DeviceRecord | None, *, confirmed_at: float) -> None:
         entry = self._entries.get(fingerprint)
         if entry is not None and entry.confirmed_at > confirmed_at:
             return  # a newer answer arrived while this query was in flight
+        invalidated_at = max(self._invalidated_at.get(fingerprint, float("-inf")),
+                             self._all_invalidated_at)
+        if confirmed_at < invalidated_at:
+            return  # the record changed while this query was in flight
         self._entries[fingerprint] = _CacheEntry(record, confirmed_at, last_used=time.monotonic())
         self._entries.move_to_end(fingerprint)
         while len(self._entries) > self._max_entries:

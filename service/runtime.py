@@ -1,8 +1,8 @@
 """The objects one petvault process shares between its listeners, and their lifetime.
 
-`open_runtime` creates the MongoDB client, the S3 client, the identity cache and the
-audit log inside a running event loop, and closes them on exit. Nothing here runs at
-import time.
+`open_runtime` creates the MongoDB client, the S3 client, the identity cache, the
+audit log and the rate limits inside a running event loop, and closes them on exit.
+Nothing here runs at import time.
 """
 
 from __future__ import annotations
@@ -12,17 +12,26 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from certs.authority import CertificateAuthority
 from service.audit import AuditLog
 from service.config import ConfigError, Settings, check_mongodb_uri_escaping
-from service.identity import IdentityCache, fingerprint_of, read_presented_certificate
+from service.crl import CrlPublisher, load_device_ca
+from service.identity import (
+    IdentityCache,
+    fingerprint_of,
+    public_key_sha256_of,
+    read_presented_certificate,
+)
+from service.limits import DeviceRateLimits, open_rate_limits
 from service.storage.mongo import DuplicateError, MetadataStore
+from service.storage.registry import DeviceRegistry
 from service.storage.s3 import ObjectStore
 
 logger = logging.getLogger(__name__)
@@ -35,7 +44,11 @@ class Runtime:
     objects: ObjectStore
     identity: IdentityCache
     audit: AuditLog
+    rate_limits: DeviceRateLimits
     background_tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    # None when the device CA key is not readable: no CSR signing and no CRL then.
+    device_ca: CertificateAuthority | None = None
+    crl: CrlPublisher | None = None
 
 
 def create_mongo_client(settings: Settings) -> Any:
@@ -91,6 +104,7 @@ async def register_certificates_from(
                 serial=presented.serial,
                 not_after=certificate.not_valid_after_utc,
                 now=datetime.now(UTC),
+                public_key_sha256=public_key_sha256_of(certificate),
             )
         except DuplicateError:
             pass
@@ -112,6 +126,7 @@ async def open_runtime(settings: Settings, *, mongo_client: Any = None) -> Async
     try:
         store = MetadataStore(client[settings.mongodb_database])
         await store.ensure_indexes()
+        await DeviceRegistry(store).ensure_indexes()
         if settings.register_devices_from is not None:
             device_ids = await register_certificates_from(
                 store, settings.register_devices_from, settings.register_household_id
@@ -128,15 +143,18 @@ async def open_runtime(settings: Settings, *, mongo_client: Any = None) -> Async
             addressing_style=settings.s3_addressing_style,
         )
         identity = IdentityCache(store, max_staleness=settings.identity_cache_max_staleness_seconds)
+        audit = AuditLog(store)
         runtime = Runtime(
             settings=settings,
             store=store,
             objects=objects,
             identity=identity,
-            audit=AuditLog(store),
+            audit=audit,
+            rate_limits=await open_rate_limits(settings, audit),
         )
         runtime.background_tasks.append(asyncio.create_task(identity.run_refresher()))
         try:
+            await _start_crl_publisher(runtime)
             yield runtime
         finally:
             for task in runtime.background_tasks:
@@ -144,8 +162,25 @@ async def open_runtime(settings: Settings, *, mongo_client: Any = None) -> Async
             for task in runtime.background_tasks:
                 with suppress(asyncio.CancelledError):
                     await task
+            await runtime.rate_limits.close()
     finally:
         if owns_client:
             result = client.close()
             if asyncio.iscoroutine(result):
                 await result
+
+
+async def _start_crl_publisher(runtime: Runtime) -> None:
+    """Load the device CA, sign the first CRL and keep it current in the background."""
+    settings = runtime.settings
+    runtime.device_ca = load_device_ca(settings)
+    if runtime.device_ca is None:
+        return
+    runtime.crl = CrlPublisher(
+        runtime.device_ca,
+        DeviceRegistry(runtime.store),
+        validity=timedelta(hours=settings.crl_next_update_hours),
+        path=settings.crl_path,
+    )
+    await runtime.crl.publish()
+    runtime.background_tasks.append(asyncio.create_task(runtime.crl.run()))

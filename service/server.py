@@ -1,6 +1,7 @@
 """Run petvault's listeners in one event loop around one shared runtime.
 
 - device listener: mutual TLS against the device CA, public-facing;
+- admin listener: mutual TLS against the operator CA, on loopback or a private address;
 - health listener: plain HTTP `/healthz`, always on 127.0.0.1, for container probes.
 
 Sockets are bound here rather than by uvicorn, so port 0 works and the bound port
@@ -20,8 +21,10 @@ from typing import Any
 import uvicorn
 from fastapi import FastAPI
 
+from service.admin_app import create_admin_app
 from service.app import create_device_app, create_health_app
 from service.config import Settings
+from service.operators import check_client_cas_are_separate
 from service.runtime import Runtime, open_runtime
 from service.transport import ClientCertH11Protocol, ssl_context_factory_for
 
@@ -41,7 +44,10 @@ class _Server(uvicorn.Server):
 
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # An explicit IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on accepted sockets
+    # whose proto is IPPROTO_TCP, and without it Nagle's algorithm holds back the
+    # response body behind the client's delayed ACK, about 40 ms per request on Linux.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -92,15 +98,27 @@ class PetvaultServer:
         return int(self._sockets["device"].getsockname()[1])
 
     @property
+    def admin_port(self) -> int:
+        return int(self._sockets["admin"].getsockname()[1])
+
+    @property
     def health_port(self) -> int:
         return int(self._sockets["health"].getsockname()[1])
 
     def _listeners(self, runtime: Runtime) -> Iterator[tuple[str, str, int, FastAPI, Any]]:
         settings = self.settings
+        # Checked before any listener starts, so a bad CA setup leaves nothing running.
+        check_client_cas_are_separate(settings)
         device_tls = ssl_context_factory_for(
             settings.tls_cert_path, settings.tls_key_path, settings.device_ca_path
         )
         yield "device", settings.host, settings.port, create_device_app(settings, runtime), device_tls
+
+        admin_tls = ssl_context_factory_for(
+            settings.tls_cert_path, settings.tls_key_path, settings.operator_ca_path
+        )
+        admin_app = create_admin_app(runtime)
+        yield "admin", settings.admin_host, settings.admin_port, admin_app, admin_tls
         if self._health:
             health_app = create_health_app(lambda: self.runtime)
             yield "health", "127.0.0.1", settings.health_port, health_app, None
@@ -111,9 +129,13 @@ class PetvaultServer:
             self.runtime = runtime
             tasks = []
             try:
-                for name, host, port, app, tls in self._listeners(runtime):
-                    sock = bind_socket(host, port)
-                    self._sockets[name] = sock
+                listeners = list(self._listeners(runtime))
+                # Bind every socket before serving any, so a port in use stops startup
+                # with nothing left running.
+                for name, host, port, _app, _tls in listeners:
+                    self._sockets[name] = bind_socket(host, port)
+                for name, host, _port, app, tls in listeners:
+                    sock = self._sockets[name]
                     http = ClientCertH11Protocol if tls is not None else "h11"
                     server = _Server(_uvicorn_config(app, ssl_factory=tls, http=http))
                     self._servers.append(server)

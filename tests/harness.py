@@ -8,11 +8,14 @@ instances with separate caches on one store.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
+
+import httpx
 
 from certs.pki import PkiLayout
 from device_sim.client import DeviceClient
@@ -70,6 +73,14 @@ class RunningServer:
         return f"https://127.0.0.1:{self.port}"
 
     @property
+    def admin_port(self) -> int:
+        return self.server.admin_port
+
+    @property
+    def admin_url(self) -> str:
+        return f"https://127.0.0.1:{self.admin_port}"
+
+    @property
     def runtime(self) -> Any:
         return self.server.runtime
 
@@ -95,6 +106,13 @@ def make_settings(pki_dir: Path, s3: EmbeddedS3, **overrides: Any) -> Settings:
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def operator_client(layout: PkiLayout, name: str, url: str) -> httpx.Client:
+    """Return an httpx client for the admin listener that presents operator `name`'s certificate."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(layout.server_ca_cert))
+    context.load_cert_chain(str(layout.operator_cert(name)), str(layout.operator_key(name)))
+    return httpx.Client(base_url=url, verify=context, trust_env=False, timeout=10)
 
 
 def device_client(layout: PkiLayout, device_id: str, url: str) -> DeviceClient:

@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 
-from service.deps import client_ip, current_device, get_runtime, metadata_unavailable
+from service.deps import client_ip, get_runtime, limited_device, metadata_unavailable
 from service.errors import ApiError, not_found
+from service.limits import DEFAULT, DOWNLOAD, UPLOAD
 from service.recordings import (
     MAX_LIST_LIMIT,
     CreateRecordingRequest,
@@ -46,7 +47,10 @@ logger = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["device"])
 
-Device = Annotated[DeviceRecord, Depends(current_device)]
+# Each alias authenticates the device and counts the request against one budget.
+Device = Annotated[DeviceRecord, Depends(limited_device(DEFAULT))]
+UploadingDevice = Annotated[DeviceRecord, Depends(limited_device(UPLOAD))]
+DownloadingDevice = Annotated[DeviceRecord, Depends(limited_device(DOWNLOAD))]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
@@ -87,7 +91,7 @@ async def read_me(device: Device) -> DeviceOut:
 
 @router.post("/recordings", status_code=201, response_model=CreateRecordingResponse)
 async def create_recording(
-    body: CreateRecordingRequest, device: Device, runtime: RuntimeDep
+    body: CreateRecordingRequest, device: UploadingDevice, runtime: RuntimeDep
 ) -> CreateRecordingResponse:
     """Reserve a recording and return a presigned POST form for exactly this upload."""
     settings = runtime.settings
@@ -210,7 +214,7 @@ async def list_recordings(
 
 @router.get("/recordings/{recording_id}", response_model=RecordingWithDownload)
 async def read_recording(
-    recording_id: str, request: Request, device: Device, runtime: RuntimeDep
+    recording_id: str, request: Request, device: DownloadingDevice, runtime: RuntimeDep
 ) -> RecordingWithDownload:
     """Return the recording's metadata and, once available, a short-lived download URL."""
     document = await _owned_recording(runtime, device, recording_id, request)

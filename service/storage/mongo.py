@@ -123,8 +123,12 @@ class MetadataStore:
         serial: str,
         not_after: datetime,
         now: datetime,
+        public_key_sha256: str | None = None,
     ) -> None:
         """Register a certificate for a device, creating the device when it is new.
+
+        `public_key_sha256` (of the DER SubjectPublicKeyInfo) lets enrollment reject a
+        new certificate for a key that was already registered.
 
         Raises:
             DuplicateError: the fingerprint or serial is already registered, or the
@@ -152,6 +156,7 @@ class MetadataStore:
                     "not_after": not_after,
                     "status": ACTIVE,
                     "registered_at": now,
+                    **({"public_key_sha256": public_key_sha256} if public_key_sha256 else {}),
                 }
             )
         except DuplicateKeyError as exc:
@@ -246,5 +251,24 @@ class MetadataStore:
     async def append_audit(self, entry: dict[str, Any]) -> None:
         try:
             await self.audit.insert_one(entry)
+        except PyMongoError as exc:
+            raise StoreUnavailableError(exc.__class__.__name__) from exc
+
+    async def list_audit(
+        self, *, limit: int, since: datetime | None, after_id: str | None
+    ) -> list[dict[str, Any]]:
+        """List audit entries oldest first, from `since` on and strictly after `after_id`.
+
+        Entry ids start with the nanosecond time of writing, so id order is time order
+        within one instance and across instances whose clocks agree.
+        """
+        query: dict[str, Any] = {}
+        if since is not None:
+            query["time"] = {"$gte": since}
+        if after_id is not None:
+            query["_id"] = {"$gt": after_id}
+        try:
+            cursor = self.audit.find(query).sort([("_id", ASCENDING)]).limit(limit)
+            return [doc async for doc in cursor]
         except PyMongoError as exc:
             raise StoreUnavailableError(exc.__class__.__name__) from exc
