@@ -1,11 +1,13 @@
 """A real redis-server on a free loopback port, which tests can pause, kill and restart.
 
 `.ci/ensure-redis` installs Debian's redis-server. Without the binary the tests that
-need it are skipped with that reason.
+need it are skipped with that reason, unless PETVAULT_REQUIRE_REDIS=1 (set by
+`.ci/run`) turns the skip into a failure, so CI cannot pass without them.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 REDIS_BINARY = shutil.which("redis-server")
+REDIS_REQUIRED = os.environ.get("PETVAULT_REQUIRE_REDIS") == "1"
 SKIP_REASON = "redis-server is not installed; run .ci/ensure-redis (Debian, as root)"
 
 

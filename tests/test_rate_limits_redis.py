@@ -26,11 +26,17 @@ import pytest
 from certs.pki import PkiLayout
 from service.embedded import EmbeddedS3
 from tests.harness import RunningServer, ServerLoop, make_settings
-from tests.redis_server import REDIS_BINARY, SKIP_REASON, RedisServer, free_loopback_port
+from tests.redis_server import (
+    REDIS_BINARY,
+    REDIS_REQUIRED,
+    SKIP_REASON,
+    RedisServer,
+    free_loopback_port,
+)
 
 pytestmark = [
     pytest.mark.redis,
-    pytest.mark.skipif(REDIS_BINARY is None, reason=SKIP_REASON),
+    pytest.mark.skipif(REDIS_BINARY is None and not REDIS_REQUIRED, reason=SKIP_REASON),
 ]
 
 StartServer = Callable[..., RunningServer]
