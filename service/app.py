@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import PlainTextResponse
 
 from service.body_limit import BodySizeLimitMiddleware
@@ -94,35 +94,45 @@ def create_health_app(runtime_getter: Callable[[], Runtime | None]) -> FastAPI:
     """Build the health app, served over plain HTTP on loopback for container probes."""
     app = FastAPI(title="petvault health", docs_url=None, redoc_url=None, openapi_url=None)
     install_error_handlers(app)
-
-    @app.get("/healthz")
-    async def healthz() -> Response:
-        runtime = runtime_getter()
-        if runtime is None:
-            return _health_response(503, {"status": "starting"})
-        checks: dict[str, str] = {}
-        try:
-            await runtime.store.ping()
-            checks["mongodb"] = "ok"
-        except StoreUnavailableError:
-            checks["mongodb"] = "unavailable"
-        try:
-            await runtime.objects.check_bucket()
-            checks["s3"] = "ok"
-        except ObjectStoreUnavailableError:
-            checks["s3"] = "unavailable"
-        if runtime.crl is not None:
-            # "stale" once nextUpdate has passed: relying parties then reject the CRL.
-            checks["crl"] = runtime.crl.health()
-        healthy = all(value == "ok" for value in checks.values())
-        return _health_response(200 if healthy else 503,
-                                {"status": "ok" if healthy else "degraded", "checks": checks})
-
-    @app.get("/.well-known/security.txt", include_in_schema=False)
-    async def security_txt() -> PlainTextResponse:
-        return PlainTextResponse(SECURITY_TXT)
-
+    # Endpoints read the getter from app.state rather than closing over it: FastAPI
+    # caches endpoint callables process-wide (0.165), so a closure would keep every
+    # server a test process ever started alive.
+    app.state.runtime_getter = runtime_getter
+    app.include_router(_health_router)
     return app
+
+
+_health_router = APIRouter()
+
+
+@_health_router.get("/healthz")
+async def _healthz(request: Request) -> Response:
+    runtime: Runtime | None = request.app.state.runtime_getter()
+    if runtime is None:
+        return _health_response(503, {"status": "starting"})
+    checks: dict[str, str] = {}
+    try:
+        await runtime.store.ping()
+        checks["mongodb"] = "ok"
+    except StoreUnavailableError:
+        checks["mongodb"] = "unavailable"
+    try:
+        await runtime.objects.check_bucket()
+        checks["s3"] = "ok"
+    except ObjectStoreUnavailableError:
+        checks["s3"] = "unavailable"
+    if runtime.crl is not None:
+        # "stale" once nextUpdate has passed: relying parties then reject the CRL.
+        checks["crl"] = runtime.crl.health()
+    healthy = all(value == "ok" for value in checks.values())
+    return _health_response(
+        200 if healthy else 503, {"status": "ok" if healthy else "degraded", "checks": checks}
+    )
+
+
+@_health_router.get("/.well-known/security.txt", include_in_schema=False)
+async def _health_security_txt() -> PlainTextResponse:
+    return PlainTextResponse(SECURITY_TXT)
 
 
 def _health_response(status_code: int, body: dict[str, Any]) -> Response:
