@@ -26,7 +26,11 @@ from service.app import create_device_app, create_health_app
 from service.config import Settings
 from service.operators import check_client_cas_are_separate
 from service.runtime import Runtime, open_runtime
-from service.transport import ClientCertH11Protocol, ssl_context_factory_for
+from service.transport import (
+    MAX_REQUEST_HEAD_BYTES,
+    ClientCertH11Protocol,
+    ssl_context_factory_for,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +63,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _uvicorn_config(app: FastAPI, *, ssl_factory: Any = None, http: Any = "h11") -> uvicorn.Config:
+def _uvicorn_config(
+    app: FastAPI, settings: Settings, *, ssl_factory: Any = None, http: Any = "h11"
+) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         http=http,
@@ -69,7 +75,13 @@ def _uvicorn_config(app: FastAPI, *, ssl_factory: Any = None, http: Any = "h11")
         proxy_headers=False,
         server_header=False,
         log_config=None,
-        timeout_keep_alive=30,
+        # ClientCertH11Protocol uses this as the request head deadline as well: an idle
+        # keep-alive connection and a half-sent request head get the same time.
+        timeout_keep_alive=settings.request_header_timeout_seconds,
+        limit_concurrency=settings.max_connections,
+        # Stated, rather than left to the default, because ClientCertH11Protocol also
+        # applies it to heads that arrive complete in one read.
+        h11_max_incomplete_event_size=MAX_REQUEST_HEAD_BYTES,
         ws="none",
     )
 
@@ -137,7 +149,8 @@ class PetvaultServer:
                 for name, host, _port, app, tls in listeners:
                     sock = self._sockets[name]
                     http = ClientCertH11Protocol if tls is not None else "h11"
-                    server = _Server(_uvicorn_config(app, ssl_factory=tls, http=http))
+                    server = _Server(_uvicorn_config(app, self.settings, ssl_factory=tls,
+                                                     http=http))
                     self._servers.append(server)
                     tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
                     scheme = "https (mutual TLS)" if tls is not None else "http"
@@ -149,7 +162,13 @@ class PetvaultServer:
                         break
                     await asyncio.sleep(0.01)
                 self.started.set()
-                await asyncio.gather(*tasks)
+                # In the background, so a slow or unreachable S3 delays neither startup
+                # nor shutdown.
+                versioning_check = asyncio.create_task(runtime.objects.log_versioning_status())
+                try:
+                    await asyncio.gather(*tasks)
+                finally:
+                    versioning_check.cancel()
             finally:
                 for sock in self._sockets.values():
                     sock.close()

@@ -59,7 +59,9 @@ def download(pki: PkiLayout, ttl_server: RunningServer) -> dict[str, Any]:
         recording_id = add_available_recording(client, AUDIO)
         body = client.get(f"/v1/recordings/{recording_id}").json()
     body["fetched_at"] = datetime.now(UTC)
-    body["object_key"] = stored_recording(ttl_server, recording_id)["object_key"]
+    document = stored_recording(ttl_server, recording_id)
+    body["object_key"] = document["object_key"]
+    body["object_version_id"] = document.get("object_version_id")
     return body
 
 
@@ -89,11 +91,13 @@ def _url_expiry(url: str) -> datetime:
     return signed_at + timedelta(seconds=int(query["X-Amz-Expires"]))
 
 
-def _sign_query(url: str, *, method: str, region: str, key: str | None = None) -> str:
+def _sign_query(url: str, *, method: str, region: str, key: str | None = None,
+                version_id: str | None = None) -> str:
     """Re-derive the X-Amz-Signature of a presigned URL with botocore's SigV4 signer.
 
-    The signing time and lifetime come from the URL itself. `key` replaces the object
-    key in the path, to show that the signature covers it.
+    The signing time and lifetime come from the URL itself, and so do the request
+    parameters such as versionId. `key` replaces the object key in the path and
+    `version_id` the versionId parameter, to show that the signature covers them.
     """
     parts = urlsplit(url)
     query = _query(url)
@@ -101,7 +105,12 @@ def _sign_query(url: str, *, method: str, region: str, key: str | None = None) -
     if key is not None:
         bucket = path.split("/")[1]
         path = f"/{bucket}/{key}"
-    request = AWSRequest(method=method, url=f"{parts.scheme}://{parts.netloc}{path}")
+    # The signer adds the X-Amz-* parameters itself.
+    parameters = {name: value for name, value in query.items() if not name.startswith("X-Amz-")}
+    if version_id is not None:
+        parameters["versionId"] = version_id
+    request = AWSRequest(method=method, url=f"{parts.scheme}://{parts.netloc}{path}",
+                         params=parameters)
     signer = botocore.auth.S3SigV4QueryAuth(
         _embedded_credentials(), "s3", region, expires=int(query["X-Amz-Expires"])
     )
@@ -154,6 +163,13 @@ def test_download_url_path_is_owner_key(download: dict[str, Any], s3: EmbeddedS3
     assert path == f"/{s3.bucket}/{download['object_key']}"
 
 
+def test_download_url_names_verified_version(download: dict[str, Any]) -> None:
+    query = _query(download["download"]["url"])
+
+    assert download["object_version_id"]
+    assert query["versionId"] == download["object_version_id"]
+
+
 def test_download_url_signature_valid(download: dict[str, Any], s3: EmbeddedS3) -> None:
     url = download["download"]["url"]
 
@@ -169,6 +185,7 @@ def test_download_url_signature_valid(download: dict[str, Any], s3: EmbeddedS3) 
         pytest.param({"method": "PUT"}, id="PUT instead of GET"),
         pytest.param({"method": "DELETE"}, id="DELETE instead of GET"),
         pytest.param({"region": "eu-west-1"}, id="other region"),
+        pytest.param({"version_id": "other-version"}, id="other versionId"),
     ],
 )
 def test_download_url_signature_covers(

@@ -144,7 +144,12 @@ async def create_recording(
 async def complete_recording(
     recording_id: str, request: Request, device: Device, runtime: RuntimeDep
 ) -> RecordingOut:
-    """Verify the uploaded object against the declaration and make it available."""
+    """Verify the uploaded object against the declaration and make it available.
+
+    The recording stores the S3 version that was hashed, and downloads serve exactly
+    that version. So a repeated `complete` returns the recording as it is, without
+    reading the object again.
+    """
     document = await _owned_recording(runtime, device, recording_id, request)
     if document["status"] == AVAILABLE:
         return recording_out(document)
@@ -163,7 +168,8 @@ async def complete_recording(
     if stored.size_bytes != document["size_bytes"]:
         mismatches.append(f"size is {stored.size_bytes} bytes, declared {document['size_bytes']}")
     if stored.content_type.lower() != document["content_type"]:
-        mismatches.append(f"Content-Type is {stored.content_type!r}, declared {document['content_type']!r}")
+        # The stored type is whatever the uploader sent, so it is not echoed back.
+        mismatches.append(f"Content-Type differs from the declared {document['content_type']}")
     if stored.sha256 != document["sha256"]:
         mismatches.append("SHA-256 differs from the declared value")
 
@@ -184,13 +190,23 @@ async def complete_recording(
                        "; ".join(mismatches))
         raise ApiError(409, "upload_mismatch", "upload does not match the declaration: " + "; ".join(mismatches))
 
+    # None on a bucket without versioning: downloads then serve the key's current object.
+    changes = {"status": AVAILABLE, "completed_at": now, "object_version_id": stored.version_id}
     try:
-        await runtime.store.update_recording(
-            device.device_id, recording_id, PENDING, {"status": AVAILABLE, "completed_at": now}
+        updated = await runtime.store.update_recording(
+            device.device_id, recording_id, PENDING, changes
         )
     except StoreUnavailableError as exc:
         raise metadata_unavailable() from exc
-    document.update(status=AVAILABLE, completed_at=now)
+    if not updated:
+        # A concurrent `complete` or DELETE changed the status after it was read above.
+        current = await _owned_recording(runtime, device, recording_id, request)
+        if current["status"] == AVAILABLE:
+            return recording_out(current)
+        raise ApiError(409, "recording_not_pending", f"recording is {current['status']}")
+    document.update(changes)
+    logger.info("recording verified: device=%s recording=%s version=%s", device.device_id,
+                recording_id, stored.version_id or "none (bucket not versioned)")
     return recording_out(document)
 
 
@@ -221,7 +237,9 @@ async def read_recording(
     result = RecordingWithDownload(**recording_out(document).model_dump())
     if document["status"] == AVAILABLE:
         link = runtime.objects.presign_download(
-            document["object_key"], ttl_seconds=runtime.settings.download_ttl_seconds
+            document["object_key"],
+            ttl_seconds=runtime.settings.download_ttl_seconds,
+            version_id=document.get("object_version_id"),
         )
         result.download = DownloadLink(url=link.url, expires_at=link.expires_at)
     return result

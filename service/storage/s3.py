@@ -3,6 +3,10 @@
 The service never proxies audio. It signs URLs locally (no network call) and touches
 S3 itself only to verify and delete objects. boto3 is synchronous, so those calls run
 in a worker thread and never block the event loop.
+
+An upload form stays valid for its whole TTL, and its policy cannot limit how often it
+is used. So on a versioned bucket a download URL names the version that `complete`
+hashed, and a later post to the same key never changes what a device downloads.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ class StoredObject:
     size_bytes: int
     content_type: str
     sha256: str
+    # The S3 version that was read, or None when the bucket does not version objects.
+    version_id: str | None
 
 
 class ObjectStore:
@@ -75,6 +81,7 @@ class ObjectStore:
         self.client: BaseClient = self._session.client(
             "s3", region_name=region, endpoint_url=endpoint_url, config=config
         )
+        self._warned_unversioned = False
 
     def _credential_expiry(self) -> datetime | None:
         """Return when the signing credentials expire, or None for static credentials."""
@@ -129,16 +136,27 @@ class ObjectStore:
             expires_at=self._true_expiry(now, ttl_seconds),
         )
 
-    def presign_download(self, key: str, *, ttl_seconds: int) -> PresignedGet:
-        """Sign a GET for one object. The URL is a bearer credential: never log or store it."""
+    def presign_download(
+        self, key: str, *, ttl_seconds: int, version_id: str | None = None
+    ) -> PresignedGet:
+        """Sign a GET for one object. The URL is a bearer credential: never log or store it.
+
+        Args:
+            key: The raw object key.
+            ttl_seconds: How long the URL stays valid, at most.
+            version_id: The S3 version to serve. The signature covers it, so later
+                writes to the key do not change what the URL returns. None serves
+                whatever version is current when the URL is used.
+        """
         now = self._signing_time()
         expires_at = self._true_expiry(now, ttl_seconds)
         # Sign no longer than the credentials live, so the URL's own expiry is the true one.
         effective_ttl = max(1, int((expires_at - now).total_seconds()))
+        params = {"Bucket": self.bucket, "Key": key}
+        if version_id is not None:
+            params["VersionId"] = version_id
         url = self.client.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": self.bucket, "Key": key},
-            ExpiresIn=min(ttl_seconds, effective_ttl),
+            "get_object", Params=params, ExpiresIn=min(ttl_seconds, effective_ttl)
         )
         return PresignedGet(url=url, expires_at=expires_at)
 
@@ -168,20 +186,44 @@ class ObjectStore:
             ) from exc
         finally:
             body.close()
+
+        version_id = _version_id_of(response)
+        if version_id is None:
+            self._warn_unversioned_once()
         return StoredObject(
             size_bytes=int(response["ContentLength"]),
             content_type=str(response.get("ContentType", "")),
             sha256=digest.hexdigest(),
+            version_id=version_id,
         )
 
     async def inspect_object(self, key: str) -> StoredObject | None:
-        """Read the stored object's size, Content-Type and SHA-256; None when it is missing."""
+        """Read the current object's size, Content-Type, SHA-256 and version.
+
+        Returns:
+            What was read, all from one version of the object, or None when the key
+            has no current object (never written, or behind a delete marker).
+        """
         return await asyncio.to_thread(self._inspect_object_sync, key)
+
+    def _warn_unversioned_once(self) -> None:
+        if self._warned_unversioned:
+            return
+        self._warned_unversioned = True
+        logger.warning(
+            "S3 bucket %s returned no version id for a recording, so its downloads serve "
+            "whatever object the key holds when the URL is used, and a still-valid upload "
+            "form can replace the verified bytes; enable versioning on the bucket "
+            "(logged once per process)", self.bucket,
+        )
 
     def _delete_object_sync(self, key: str) -> None:
         try:
             # No VersionId: on a versioned bucket this adds a delete marker, so an
             # operator can still restore the previous version.
+            # NOTE: a still-valid upload form can write the key again after this
+            # delete. No recording serves that object, but it stays in the bucket
+            # until a lifecycle rule expires it.
             self.client.delete_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -206,6 +248,51 @@ class ObjectStore:
 
     async def check_bucket(self) -> None:
         await asyncio.to_thread(self._head_bucket_sync)
+
+    def _bucket_versioning_sync(self) -> str:
+        try:
+            response = self.client.get_bucket_versioning(Bucket=self.bucket)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            raise ObjectStoreUnavailableError(
+                f"GetBucketVersioning failed: {code or 'unknown error'}"
+            ) from exc
+        except BotoCoreError as exc:
+            raise ObjectStoreUnavailableError(
+                f"GetBucketVersioning failed: {exc.__class__.__name__}"
+            ) from exc
+        # S3 leaves Status out for a bucket that never had versioning enabled.
+        return str(response.get("Status", "never enabled"))
+
+    async def log_versioning_status(self) -> None:
+        """Log whether the bucket versions objects, with a warning unless it does.
+
+        Downloads are pinned to the verified version only on a versioned bucket. The
+        service still runs without versioning, so this only logs, and an S3 error is
+        logged rather than raised.
+        """
+        try:
+            status = await asyncio.to_thread(self._bucket_versioning_sync)
+        except ObjectStoreUnavailableError as exc:
+            logger.warning("could not check versioning of S3 bucket %s: %s", self.bucket, exc)
+            return
+        if status == "Enabled":
+            logger.info("S3 bucket %s has versioning enabled", self.bucket)
+            return
+        logger.warning(
+            "S3 bucket %s does not have versioning enabled (status: %s), so a still-valid "
+            "upload form can replace a verified recording; enable versioning on the bucket",
+            self.bucket, status,
+        )
+
+
+def _version_id_of(response: dict[str, Any]) -> str | None:
+    # S3 gives the version id "null" to objects written while versioning was off or
+    # suspended. The next write to the key replaces that version, so it pins nothing.
+    version_id = response.get("VersionId")
+    if not version_id or version_id == "null":
+        return None
+    return str(version_id)
 
 
 def create_private_bucket(client: Any, bucket: str, region: str) -> None:
