@@ -21,10 +21,16 @@ notation and the counters are the same `limits` code that slowapi uses.
 
 When the limit storage fails or times out, requests get 503 `rate_limiter_unavailable`
 (fail-closed) unless `PETVAULT_RATE_LIMIT_FAIL_OPEN` is true.
+
+A device's limits come, per route class, from the first source that names that class:
+the override that an operator stored on the device through the admin API, then
+`PETVAULT_RATE_LIMIT_OVERRIDES`, then the fleet-wide settings. The stored override
+travels in the identity cache's `DeviceRecord`, so a request reads no database for it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import ssl
 from collections.abc import Mapping
@@ -121,6 +127,38 @@ def check_rate_limit_overrides(overrides: Mapping[str, Mapping[str, str]]) -> No
             parse_rate_limits(text, f"{variable}[{device_id!r}][{route_class!r}]")
 
 
+def parse_rate_limit_override(
+    override: Mapping[str, str],
+) -> dict[RouteClass, tuple[RateLimitItem, ...]]:
+    """Parse a per-device override with the parser of `PETVAULT_RATE_LIMITS`.
+
+    Args:
+        override: Route class to limit list, e.g. ``{"download": "600/minute"}``.
+
+    Returns:
+        The parsed limits of each route class that `override` names.
+
+    Raises:
+        ValueError: a route class is unknown or its limit list is invalid. The message
+            names the route class and the rule that failed.
+    """
+    for route_class in override:
+        if route_class not in ROUTE_CLASSES:
+            raise ValueError(
+                f"unknown route class {route_class!r}; use one of {', '.join(ROUTE_CLASSES)}"
+            )
+    return {
+        route_class: parse_rate_limits(override[route_class], route_class)
+        for route_class in ROUTE_CLASSES
+        if route_class in override
+    }
+
+
+def format_rate_limits(items: tuple[RateLimitItem, ...]) -> str:
+    """Format limits in the notation that `parse_rate_limits` reads, e.g. "60 per 1 minute"."""
+    return "; ".join(str(item) for item in items)
+
+
 # --- Policy ----------------------------------------------------------------------------
 
 
@@ -156,6 +194,11 @@ class RateLimitPolicies:
         self.fleet = fleet
         self.failed_identity = failed_identity
         self._overrides = dict(overrides or {})
+        # Every request of a device with a stored override needs its parsed limits, and
+        # an invalid one is logged once per distinct value while it stays cached.
+        self._parse_stored_override = functools.lru_cache(maxsize=4096)(
+            _parse_stored_override
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimitPolicies:
@@ -180,11 +223,24 @@ class RateLimitPolicies:
         )
         return cls(fleet, failed_identity, overrides)
 
-    def policy_for(self, device_id: str) -> RateLimitPolicy:
-        """Return the device's policy: its override when one exists, else the fleet's."""
-        # TODO: overrides come from configuration only. Once the admin API can set them,
-        # read them from MongoDB here so that every instance applies the same override.
-        return self._overrides.get(device_id, self.fleet)
+    def policy_for(
+        self, device_id: str, admin_override: tuple[tuple[str, str], ...] = ()
+    ) -> RateLimitPolicy:
+        """Return the device's policy, combined per route class.
+
+        Each route class takes its limits from the admin override when it names the
+        class, else from `PETVAULT_RATE_LIMIT_OVERRIDES`, else from the fleet.
+
+        Args:
+            device_id: The verified device id.
+            admin_override: `DeviceRecord.rate_limit_override`, which the identity cache
+                keeps current. An invalid stored entry is logged and skipped.
+        """
+        configured = self._overrides.get(device_id, self.fleet)
+        if not admin_override:
+            return configured
+        stored = self._parse_stored_override(device_id, admin_override)
+        return replace(configured, **dict(stored))
 
     def describe(self) -> str:
         """Summarize the policies in one line for the startup log."""
@@ -195,12 +251,31 @@ class RateLimitPolicies:
             f"default {listed(self.fleet.default)}; upload {listed(self.fleet.upload)}; "
             f"download {listed(self.fleet.download)}; failed identity "
             f"{listed(self.failed_identity)} per certificate; "
-            f"{len(self._overrides)} device override(s)"
+            f"{len(self._overrides)} device override(s) in PETVAULT_RATE_LIMIT_OVERRIDES, "
+            "and any set through the admin API"
         )
 
 
 def _optional_limits(text: str | None, variable: str) -> tuple[RateLimitItem, ...] | None:
     return None if text is None else parse_rate_limits(text, variable)
+
+
+def _parse_stored_override(
+    device_id: str, override: tuple[tuple[str, str], ...]
+) -> tuple[tuple[RouteClass, tuple[RateLimitItem, ...]], ...]:
+    # The admin API validates overrides before storing them, so an invalid entry here
+    # was written another way. Skipping it keeps the lower-precedence limits in force.
+    parsed: list[tuple[RouteClass, tuple[RateLimitItem, ...]]] = []
+    for route_class, text in override:
+        try:
+            parsed.extend(parse_rate_limit_override({route_class: text}).items())
+        except ValueError as exc:
+            logger.error(
+                "ignoring the stored rate-limit override of device %s for route class %r: %s; "
+                "set it again with `petvault admin rate-limits %s`",
+                device_id, route_class, exc, device_id,
+            )
+    return tuple(parsed)
 
 
 # --- Requests --------------------------------------------------------------------------
@@ -230,7 +305,8 @@ class DeviceRateLimits:
         """
         if self.policies is None or self.limiter is None:
             return
-        budget, items = self.policies.policy_for(device.device_id).budget(route_class)
+        policy = self.policies.policy_for(device.device_id, device.rate_limit_override)
+        budget, items = policy.budget(route_class)
         identifiers = ("device", budget, device.device_id)
 
         try:

@@ -173,6 +173,17 @@ def test_clean_production_has_no_problems(production_ca: Path) -> None:
                      id="option case"),
         pytest.param("mongodb://petvault:s3cret@db.petvault.invalid/?tlsCAFile=/etc/mongo-ca.pem",
                      id="tlsCAFile implies TLS"),
+        pytest.param("mongodb://petvault:s3cret@db.petvault.invalid/petvault?w=1;tls=true",
+                     id="semicolon separators"),
+        pytest.param("mongodb://petvault:s3cret@db.petvault.invalid/?tls=true&tlsInsecure=false",
+                     id="tlsInsecure=false"),
+        pytest.param("mongodb://db.petvault.invalid/?tls=true&authMechanism=MONGODB-X509"
+                     "&tlsCertificateKeyFile=/etc/petvault/mongodb-client.pem",
+                     id="X.509 without userinfo"),
+        pytest.param("mongodb+srv://cluster.petvault.invalid/?authMechanism=MONGODB-AWS"
+                     "&authSource=%24external", id="AWS IAM without userinfo"),
+        pytest.param("mongodb+srv://cluster.petvault.invalid/?authMechanism=MONGODB-OIDC"
+                     "&authMechanismProperties=ENVIRONMENT:k8s", id="OIDC without userinfo"),
     ],
 )
 def test_secure_uri_accepted(uri: str, production_ca: Path) -> None:
@@ -196,6 +207,35 @@ def test_secure_uri_accepted(uri: str, production_ca: Path) -> None:
                      "percent-encode", id="unescaped at sign"),
         pytest.param("mongodb://:@db.petvault.invalid/?tls=true", "empty user name",
                      id="empty user name"),
+        pytest.param("mongodb://db.petvault.invalid/?tls=true&authMechanism=SCRAM-SHA-256",
+                     "no credentials", id="SCRAM without userinfo"),
+        pytest.param("mongodb://db.petvault.invalid/?tls=true&authMechanism=mongodb-x509",
+                     "no credentials", id="mechanism in lowercase"),
+        pytest.param("mongodb://petvault:s3cret@db.petvault.invalid/?tls=true&tlsInsecure=true",
+                     "sets tlsInsecure", id="tlsInsecure"),
+        pytest.param("mongodb://petvault:s3cret@db.petvault.invalid/?tls=true"
+                     "&tlsAllowInvalidCertificates=true", "sets tlsAllowInvalidCertificates",
+                     id="tlsAllowInvalidCertificates"),
+        pytest.param("mongodb://petvault:s3cret@db.petvault.invalid/?tls=true"
+                     "&tlsAllowInvalidHostnames=true", "sets tlsAllowInvalidHostnames",
+                     id="tlsAllowInvalidHostnames"),
+        pytest.param("mongodb://petvault:s3cret@db.petvault.invalid/?tls=true&TLSINSECURE=true",
+                     "sets tlsInsecure", id="tlsInsecure in uppercase"),
+        pytest.param("mongodb://petvault:s3cret@db.petvault.invalid/?tls=true"
+                     "&tlsallowinvalidhostnames=true", "sets tlsAllowInvalidHostnames",
+                     id="tlsAllowInvalidHostnames in lowercase"),
+        pytest.param("mongodb+srv://petvault:s3cret@cluster.petvault.invalid/"
+                     "?tlsAllowInvalidCertificates=true", "sets tlsAllowInvalidCertificates",
+                     id="SRV with tlsAllowInvalidCertificates"),
+        pytest.param("mongodb://petvault:s3cret@db.petvault.invalid/?tls=true;tlsInsecure=true",
+                     "sets tlsInsecure", id="semicolon separators"),
+        pytest.param("mongodb://petvault:s3cret@db.petvault.invalid/?tls=true"
+                     "&tlsInsecure=false&tlsInsecure=true", "sets tlsInsecure",
+                     id="tlsInsecure repeated"),
+        pytest.param("mongodb://petvault:s3cret@db.petvault.invalid/?tls=true&tlsInsecure=True",
+                     "sets tlsInsecure", id="tlsInsecure=True"),
+        pytest.param("mongodb://petvault:s3cret@127.0.0.1/?tlsAllowInvalidHostnames=true",
+                     "sets tlsAllowInvalidHostnames", id="loopback host"),
     ],
 )
 def test_insecure_uri_rejected(uri: str, problem: str, production_ca: Path) -> None:

@@ -21,6 +21,7 @@ from service.limits import (
     RateLimitPolicies,
     parse_rate_limits,
 )
+from service.storage.mongo import stored_rate_limit_override
 
 
 def settings(**values: Any) -> Settings:
@@ -170,6 +171,84 @@ def test_override_replaces_only_named_classes() -> None:
     assert [str(item) for item in toy9.budget(UPLOAD)[1]] == ["2 per 1 minute"]
     assert [str(item) for item in toy9.budget(DEFAULT)[1]] == ["9 per 1 minute"]
     assert policies.policy_for("toy-1") is policies.fleet
+
+
+def _limits(items: Any) -> list[str]:
+    return [str(item) for item in items]
+
+
+def test_admin_override_beats_configured_override() -> None:
+    policies = RateLimitPolicies.from_settings(
+        settings(rate_limits="9/minute", rate_limit_overrides={"toy-9": "5/minute"})
+    )
+    toy9 = policies.policy_for("toy-9", (("default", "2/minute"),))
+
+    assert _limits(toy9.default) == ["2 per 1 minute"]
+
+
+def test_admin_override_replaces_only_named_classes() -> None:
+    policies = RateLimitPolicies.from_settings(
+        settings(
+            rate_limits="9/minute",
+            rate_limits_download="30/minute",
+            rate_limit_overrides={"toy-9": {"default": "5/minute"}},
+        )
+    )
+    toy9 = policies.policy_for("toy-9", (("upload", "1/minute"),))
+
+    assert _limits(toy9.default) == ["5 per 1 minute"]
+    assert _limits(toy9.budget(UPLOAD)[1]) == ["1 per 1 minute"]
+    assert _limits(toy9.budget(DOWNLOAD)[1]) == ["30 per 1 minute"]
+
+
+def test_admin_override_of_unconfigured_device() -> None:
+    policies = RateLimitPolicies.from_settings(settings(rate_limits="9/minute"))
+    toy1 = policies.policy_for("toy-1", (("default", "600/minute;2000/hour"),))
+
+    assert _limits(toy1.default) == ["600 per 1 minute", "2000 per 1 hour"]
+    assert policies.policy_for("toy-2") is policies.fleet
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        pytest.param((("default", "fast"),), id="unparseable"),
+        pytest.param((("default", "0/minute"),), id="zero requests"),
+        pytest.param((("uploads", "1/minute"),), id="unknown route class"),
+    ],
+)
+def test_invalid_stored_override_skipped(stored: tuple[tuple[str, str], ...]) -> None:
+    policies = RateLimitPolicies.from_settings(settings(rate_limits="9/minute"))
+
+    policy = policies.policy_for("toy-1", stored)
+
+    assert policy == policies.fleet
+
+
+def test_invalid_stored_entry_keeps_valid_ones() -> None:
+    policies = RateLimitPolicies.from_settings(settings(rate_limits="9/minute"))
+
+    policy = policies.policy_for("toy-1", (("default", "fast"), ("upload", "1/minute")))
+
+    assert _limits(policy.default) == ["9 per 1 minute"]
+    assert _limits(policy.budget(UPLOAD)[1]) == ["1 per 1 minute"]
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        pytest.param(None, (), id="missing"),
+        pytest.param("600/minute", (), id="string"),
+        pytest.param(["default", "600/minute"], (), id="list"),
+        pytest.param({"default": 600}, (), id="number"),
+        pytest.param({"upload": "1/minute", "default": "5/minute"},
+                     (("default", "5/minute"), ("upload", "1/minute")), id="sorted"),
+        pytest.param({"default": "5/minute", "upload": None}, (("default", "5/minute"),),
+                     id="null class dropped"),
+    ],
+)
+def test_stored_override_read_from_document(stored: object, expected: object) -> None:
+    assert stored_rate_limit_override(stored) == expected
 
 
 # --- Decisions -------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Recording and device metadata in MongoDB, through PyMongo's async API.
 
 Collections:
-- `devices`: one document per device id, with its household and its status
-  (`active`, `suspended` or `revoked`).
+- `devices`: one document per device id, with its household, its status
+  (`active`, `suspended` or `revoked`) and an optional `rate_limits` override that
+  operators set through the admin API: route class to limit list, such as
+  `{"default": "600/minute"}`.
 - `certificates`: one document per registered certificate, keyed by serial, with a
   unique SHA-256 fingerprint, the owning device id, not-after and revocation data.
 - `recordings`: one document per recording, always queried with its owner's device id.
@@ -62,6 +64,9 @@ class DeviceRecord:
     fingerprint: str
     serial: str
     not_after: datetime
+    # The device's `rate_limits` override as stored: (route class, limit list) pairs,
+    # sorted, unparsed. `service.limits` parses and validates them.
+    rate_limit_override: tuple[tuple[str, str], ...] = ()
 
 
 def _device_record(certificate: dict[str, Any], device: dict[str, Any]) -> DeviceRecord:
@@ -77,7 +82,22 @@ def _device_record(certificate: dict[str, Any], device: dict[str, Any]) -> Devic
         fingerprint=certificate["fingerprint"],
         serial=certificate["_id"],
         not_after=not_after,
+        rate_limit_override=stored_rate_limit_override(device.get("rate_limits")),
     )
+
+
+def stored_rate_limit_override(value: object) -> tuple[tuple[str, str], ...]:
+    """Return a device document's `rate_limits` field as sorted (route class, text) pairs.
+
+    Only string pairs pass, so a hand-edited document cannot break identity checks.
+    """
+    if not isinstance(value, dict):
+        return ()
+    return tuple(sorted(
+        (route_class, limits)
+        for route_class, limits in value.items()
+        if isinstance(route_class, str) and isinstance(limits, str)
+    ))
 
 
 class MetadataStore:

@@ -86,6 +86,19 @@ class StatusChange:
 
 
 @dataclass(frozen=True)
+class RateLimitOverrideChange:
+    """The result of setting or clearing a device's rate-limit override.
+
+    `changed` is False when the device already had exactly this override, or had
+    none to clear.
+    """
+
+    view: DeviceView
+    changed: bool
+    previous: Document | None  # the override before the call; None when there was none
+
+
+@dataclass(frozen=True)
 class RevokedCertificate:
     """One entry of the CRL."""
 
@@ -348,6 +361,61 @@ class DeviceRegistry:
             # does not exist, and a revoked device keeps the certificate blocked.
             logger.error("undoing certificate registration failed: serial=%s: %s", serial,
                          exc.__class__.__name__)
+
+    # Rate-limit overrides
+
+    async def set_rate_limit_override(
+        self, device_id: str, override: dict[str, str], now: datetime
+    ) -> RateLimitOverrideChange:
+        """Replace the device's `rate_limits` override with `override` in one write.
+
+        The caller validates `override`. Any device status is accepted, so an override
+        set on a suspended device applies once it is reactivated.
+
+        Raises:
+            DeviceNotFoundError: the device is not registered.
+        """
+        # The filter makes a repeated call a no-op that leaves `updated_at` alone.
+        return await self._change_rate_limit_override(
+            device_id,
+            {"_id": device_id, "rate_limits": {"$ne": override}},
+            {"$set": {"rate_limits": override, "updated_at": now}},
+        )
+
+    async def clear_rate_limit_override(
+        self, device_id: str, now: datetime
+    ) -> RateLimitOverrideChange:
+        """Remove the device's `rate_limits` override, if it has one.
+
+        Raises:
+            DeviceNotFoundError: the device is not registered.
+        """
+        return await self._change_rate_limit_override(
+            device_id,
+            {"_id": device_id, "rate_limits": {"$exists": True}},
+            {"$unset": {"rate_limits": ""}, "$set": {"updated_at": now}},
+        )
+
+    async def _change_rate_limit_override(
+        self, device_id: str, query: Document, update: Document
+    ) -> RateLimitOverrideChange:
+        try:
+            before = await self._devices.find_one_and_update(
+                query, update, return_document=ReturnDocument.BEFORE
+            )
+            changed = before is not None
+            if before is None:
+                before = await self._devices.find_one({"_id": device_id})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from exc
+        if before is None:
+            raise DeviceNotFoundError(device_id)
+        previous = before.get("rate_limits")
+        return RateLimitOverrideChange(
+            await self.get_device(device_id),
+            changed,
+            previous if isinstance(previous, dict) else None,
+        )
 
     # Revocation and suspension
 

@@ -14,9 +14,11 @@ from service.routes.admin.audit import router as audit_router
 from service.routes.admin.certificates import router as certificates_router
 from service.routes.admin.crl import router as crl_router
 from service.routes.admin.devices import router as devices_router
+from service.routes.admin.rate_limits import router as rate_limits_router
 
 router = APIRouter(prefix="/admin/v1", dependencies=[Depends(current_operator)])
 router.include_router(devices_router)
+router.include_router(rate_limits_router)
 router.include_router(certificates_router)
 router.include_router(crl_router)
 router.include_router(audit_router)
