@@ -201,7 +201,7 @@ def _add_force_option(parser: argparse.ArgumentParser) -> None:
 def _add_days_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--days",
-        type=int,
+        type=_positive_int,
         default=DEFAULT_LEAF_VALIDITY_DAYS,
         metavar="N",
         help=f"certificate validity in days (default: {DEFAULT_LEAF_VALIDITY_DAYS})",
@@ -282,10 +282,27 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return inspect_files(args.files, now=utc_now(), warn_days=args.warn_days)
 
 
+# argparse words a ValueError from a type function as "invalid <function name> value",
+# so these raise ArgumentTypeError with the rule instead.
+
+
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, got {text!r}")
     return value
 
 

@@ -72,6 +72,13 @@ class ApiError(SimulatorError):
     def explanation(self) -> str:
         """Return what the status means for this device and what to do next."""
         status = self.status
+        if status == 401 and self.code == "certificate_revoked":
+            # Revocation is permanent, so registering the same certificate again fails.
+            return (
+                "the device certificate is revoked; the device needs a new key and "
+                "certificate (petvault-sim keygen, then enrollment by an operator)"
+            )
+
         if status == 401:
             return (
                 "the server does not accept this device certificate as a registered device; "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,11 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from certs import naming
 from device_sim.errors import SimulatorError
-
-# Device ids become file names and the subject CN, whose upper bound is 64 characters
-# (RFC 5280, ub-common-name).
-_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 KEY_FILE_MODE = 0o600
 CSR_FILE_MODE = 0o644
@@ -38,17 +34,15 @@ class EnrollmentFiles:
 
 
 def validate_device_id(device_id: str) -> str:
-    """Return `device_id` if it is a valid device id, else raise SimulatorError.
+    """Return `device_id` if it follows `certs.naming.DEVICE_ID_RULE`, else raise SimulatorError.
 
-    A device id is 1 to 64 characters of letters, digits, '.', '_' and '-', and
-    starts with a letter or digit, such as ``toy-1``.
+    The simulator applies the rule of the CA and the service, so an id that it
+    accepts can also be enrolled, and the other way round.
     """
-    if not _DEVICE_ID.fullmatch(device_id):
-        raise SimulatorError(
-            f"device id {device_id!r} is invalid; use 1 to 64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
-        )
-    return device_id
+    try:
+        return naming.validate_device_id(device_id)
+    except naming.InvalidNameError as exc:
+        raise SimulatorError(str(exc)) from None
 
 
 def generate_device_key_and_csr(

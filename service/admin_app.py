@@ -147,8 +147,8 @@ def create_admin_app(runtime: Runtime) -> FastAPI:
     app = FastAPI(
         title="petvault admin API",
         version="1",
-        summary="Device enrollment, revocation, suspension, the CRL and the audit log, "
-        "for operators with a certificate from the operator CA.",
+        summary="Device enrollment, revocation, suspension, rate-limit overrides, the CRL "
+        "and the audit log, for operators with a certificate from the operator CA.",
         docs_url="/admin/v1/docs",
         redoc_url=None,
         openapi_url="/admin/v1/openapi.json",

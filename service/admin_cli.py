@@ -28,6 +28,7 @@ from service.admin_client import (
     printable,
 )
 from service.crl import REVOCATION_REASONS
+from service.limits import ROUTE_CLASSES
 from service.storage.mongo import ACTIVE, REVOKED, SUSPENDED
 
 EXIT_SUCCESS = 0
@@ -45,8 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = subparsers.add_parser(
         "admin",
         help="call the admin API with an operator certificate",
-        description="Enroll, list, revoke, suspend and reactivate devices, fetch the CRL "
-        "and read the audit log through the admin listener.",
+        description="Enroll, list, revoke, suspend and reactivate devices, set their "
+        "rate-limit overrides, fetch the CRL and read the audit log through the admin "
+        "listener.",
         epilog="exit status: 0 on success, 1 when the API rejects the request, "
         "2 when the request cannot be made",
     )
@@ -99,6 +101,24 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     reactivate.add_argument("device_id", metavar="DEVICE_ID")
     reactivate.set_defaults(admin_func=_run_reactivate)
 
+    rate_limits = commands.add_parser(
+        "rate-limits",
+        help="show, set or clear a device's rate-limit override",
+        description="Without options, show the device's override. Limits use the notation "
+        "of PETVAULT_RATE_LIMITS, e.g. '600/minute;2000/hour'. Setting replaces the whole "
+        "override, and a route class left out keeps the configured limits.",
+    )
+    rate_limits.add_argument("device_id", metavar="DEVICE_ID")
+    rate_limits.add_argument("--default", metavar="LIMITS",
+                             help="limits for requests outside the upload and download classes")
+    rate_limits.add_argument("--upload", metavar="LIMITS",
+                             help="limits for uploads (POST /v1/recordings)")
+    rate_limits.add_argument("--download", metavar="LIMITS",
+                             help="limits for downloads (GET /v1/recordings/{id})")
+    rate_limits.add_argument("--clear", action="store_true",
+                             help="remove the override, so the configured limits apply again")
+    rate_limits.set_defaults(admin_func=_run_rate_limits)
+
     crl = commands.add_parser("crl", help="fetch the CRL and list its revoked serials")
     crl.add_argument("--out", type=Path, metavar="FILE", help="also write the CRL to FILE")
     crl.add_argument("--pem", action="store_true", help="write PEM instead of DER")
@@ -106,11 +126,22 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
     audit = commands.add_parser("audit", help="print audit entries, oldest first")
     audit.add_argument("--since", metavar="TIME", help="ISO 8601 time, e.g. 2026-05-01T12:00:00Z")
-    audit.add_argument("--limit", type=int, default=100, metavar="N",
+    audit.add_argument("--limit", type=_positive_int, default=100, metavar="N",
                        help="print at most N entries (default: 100)")
     audit.set_defaults(admin_func=_run_audit)
 
     parser.set_defaults(func=run)
+
+
+def _positive_int(text: str) -> int:
+    """Parse a count of 1 or more for argparse, with a message that states the rule."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more, got {text!r}")
+    return value
 
 
 def _add_reason(parser: argparse.ArgumentParser) -> None:
@@ -146,7 +177,13 @@ def _operator_credentials(args: argparse.Namespace) -> tuple[Path, Path]:
             name = validate_operator_name(args.operator)
         except InvalidNameError as exc:
             raise AdminClientError(str(exc)) from None
-        return operators / f"{name}.pem", operators / f"{name}.key"
+        cert_path = operators / f"{name}.pem"
+        if not cert_path.exists():
+            raise AdminClientError(
+                f"no certificate for operator {name}: {cert_path} not found; create it with "
+                f"`petvault certs issue-operator {name} --dir {args.dir}`, or pass --cert and --key"
+            )
+        return cert_path, operators / f"{name}.key"
 
     candidates = sorted(operators.glob("*.pem")) if operators.is_dir() else []
     if len(candidates) != 1:
@@ -254,6 +291,53 @@ def _print_status_change(answer: dict[str, Any], args: argparse.Namespace, *, ve
     return EXIT_SUCCESS
 
 
+def _run_rate_limits(client: AdminClient, args: argparse.Namespace) -> int:
+    limits: dict[str, str] = {route_class: getattr(args, route_class)
+                              for route_class in ROUTE_CLASSES
+                              if getattr(args, route_class) is not None}
+    if args.clear and limits:
+        raise ValueError("--clear removes the whole override; give it without "
+                         "--default, --upload or --download")
+    if args.clear:
+        answer = client.clear_rate_limits(args.device_id)
+    elif limits:
+        answer = client.set_rate_limits(args.device_id, limits)
+    else:
+        device = client.get_device(args.device_id)
+        if args.json:
+            return _print_json(device)
+        _print_rate_limit_override(device)
+        return EXIT_SUCCESS
+
+    if args.json:
+        return _print_json(answer)
+    device = answer["device"]
+    if not answer["changed"]:
+        print(f"{printable(device['device_id'])} already has this override; nothing changed")
+    _print_rate_limit_override(device)
+    effective = answer.get("effective_rate_limits")
+    if effective is None:
+        print("rate limits are disabled on the server (PETVAULT_RATE_LIMIT_ENABLED=false)")
+        return EXIT_SUCCESS
+    print("limits in force:")
+    for route_class in ROUTE_CLASSES:
+        value = effective.get(route_class)
+        print(f"  {route_class:<9} {printable(value) if value else 'counts against default'}")
+    return EXIT_SUCCESS
+
+
+def _print_rate_limit_override(device: dict[str, Any]) -> None:
+    device_id = printable(device["device_id"])
+    override = device.get("rate_limit_override")
+    if not override:
+        print(f"{device_id} has no rate-limit override; the configured limits apply")
+        return
+    print(f"rate-limit override of {device_id}:")
+    for route_class in ROUTE_CLASSES:
+        value = override.get(route_class)
+        print(f"  {route_class:<9} {printable(value) if value else 'not overridden'}")
+
+
 def _run_crl(client: AdminClient, args: argparse.Namespace) -> int:
     der = client.crl()
     if args.out is not None:
@@ -276,8 +360,6 @@ def _run_crl(client: AdminClient, args: argparse.Namespace) -> int:
 
 
 def _run_audit(client: AdminClient, args: argparse.Namespace) -> int:
-    if args.limit < 1:
-        raise ValueError(f"--limit must be at least 1, got {args.limit}")
     entries: list[dict[str, Any]] = []
     cursor: str | None = None
     while len(entries) < args.limit:

@@ -13,6 +13,9 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
+from cryptography import x509
+
+from certs.clock import format_utc, utc_now
 
 DEFAULT_ADMIN_URL = "https://127.0.0.1:8444"
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -50,7 +53,13 @@ def printable(text: str) -> str:
 
 
 def _segment(value: str) -> str:
-    # An id such as "../crl" must stay one path segment.
+    # An id such as "../crl" must stay one path segment. Quoting leaves "." and ".."
+    # as they are, and httpx would then remove them from the path as dot segments
+    # (RFC 3986, section 5.2.4) and call another route. No valid id is either.
+    if value in (".", ".."):
+        raise AdminClientError(
+            f"invalid id {value!r}: '.' and '..' cannot be sent as one segment of a URL path"
+        )
     return quote(value, safe="")
 
 
@@ -76,27 +85,16 @@ class AdminClient:
         """Load the operator credentials and open the connection pool.
 
         Raises:
-            AdminClientError: the URL is not https, or a credential file is missing,
-                unreadable or does not match.
+            AdminClientError: the URL is not https, a credential file is missing,
+                unreadable or does not match, or the operator certificate is expired
+                or not yet valid. The message names the file.
         """
         parts = urlsplit(server_url)
         if parts.scheme != "https" or not parts.netloc:
             raise AdminClientError(
                 f"admin server URL {server_url!r} is invalid; use https://HOST:PORT"
             )
-        try:
-            context = ssl.create_default_context(
-                ssl.Purpose.SERVER_AUTH, cafile=str(server_ca_path)
-            )
-            context.minimum_version = ssl.TLSVersion.TLSv1_2
-            context.load_cert_chain(certfile=str(cert_path), keyfile=str(key_path))
-        except FileNotFoundError as exc:
-            raise AdminClientError(f"{exc.filename}: file not found") from None
-        except (ssl.SSLError, OSError) as exc:
-            raise AdminClientError(
-                f"cannot load the operator credentials ({cert_path}, {key_path}) or the server "
-                f"CA ({server_ca_path}): {exc}"
-            ) from None
+        context = _operator_tls_context(Path(cert_path), Path(key_path), Path(server_ca_path))
         self.server_url = server_url.rstrip("/")
         self._http = httpx.Client(
             base_url=self.server_url + _API_PREFIX, verify=context, timeout=timeout, trust_env=False
@@ -164,6 +162,13 @@ class AdminClient:
     def reactivate(self, device_id: str) -> dict[str, Any]:
         return self._json("POST", f"/devices/{_segment(device_id)}/reactivate")
 
+    def set_rate_limits(self, device_id: str, limits: dict[str, str]) -> dict[str, Any]:
+        """Replace the device's rate-limit override with `limits`, route class to limit list."""
+        return self._json("PUT", f"/devices/{_segment(device_id)}/rate-limits", json=limits)
+
+    def clear_rate_limits(self, device_id: str) -> dict[str, Any]:
+        return self._json("DELETE", f"/devices/{_segment(device_id)}/rate-limits")
+
     # CRL and audit
 
     def crl(self, *, pem: bool = False) -> bytes:
@@ -197,6 +202,75 @@ class AdminClient:
         if response.status_code >= 400:
             raise _api_error(response)
         return response
+
+
+def _operator_tls_context(cert_path: Path, key_path: Path, server_ca_path: Path) -> ssl.SSLContext:
+    """Build a TLS context that presents the operator certificate and trusts the server CA.
+
+    Each file is checked first, because the ssl module's errors do not name the file:
+    a missing one raises FileNotFoundError without a file name.
+    """
+    _check_file(server_ca_path, "server CA")
+    _check_file(cert_path, "operator certificate")
+    _check_file(key_path, "operator key")
+    _check_operator_certificate_validity(cert_path)
+
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(server_ca_path))
+    except (ssl.SSLError, OSError) as exc:
+        raise AdminClientError(
+            f"cannot load the server CA {server_ca_path}: {_ssl_reason(exc)}"
+        ) from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(certfile=str(cert_path), keyfile=str(key_path))
+    except (ssl.SSLError, OSError) as exc:
+        raise AdminClientError(
+            f"cannot load the operator certificate {cert_path} with the key {key_path}: "
+            f"{_ssl_reason(exc)}"
+        ) from None
+    return context
+
+
+def _check_file(path: Path, role: str) -> None:
+    if not path.exists():
+        raise AdminClientError(f"{role} file {path} not found")
+    if not path.is_file():
+        raise AdminClientError(f"{role} file {path} is not a regular file")
+
+
+def _check_operator_certificate_validity(cert_path: Path) -> None:
+    # The admin listener rejects an expired certificate in the TLS handshake, and a
+    # client sees only a closed connection, so the dates are checked here first.
+    try:
+        certificate = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+    except OSError as exc:
+        raise AdminClientError(
+            f"cannot read the operator certificate {cert_path}: {exc.strerror}"
+        ) from None
+    except ValueError:
+        raise AdminClientError(
+            f"operator certificate {cert_path} contains no valid PEM certificate"
+        ) from None
+
+    now = utc_now()
+    if now > certificate.not_valid_after_utc:
+        raise AdminClientError(
+            f"operator certificate {cert_path} expired at "
+            f"{format_utc(certificate.not_valid_after_utc)}; issue a new one with "
+            "`petvault certs issue-operator NAME --force`"
+        )
+    if now < certificate.not_valid_before_utc:
+        raise AdminClientError(
+            f"operator certificate {cert_path} is not valid before "
+            f"{format_utc(certificate.not_valid_before_utc)}; check the system clock"
+        )
+
+
+def _ssl_reason(exc: OSError) -> str:
+    # ssl.SSLError has a short `reason` such as KEY_VALUES_MISMATCH; other OSErrors
+    # have `strerror`.
+    return str(getattr(exc, "reason", None) or exc.strerror or exc)
 
 
 def _api_error(response: httpx.Response) -> AdminApiError:

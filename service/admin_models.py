@@ -6,7 +6,7 @@ import base64
 import binascii
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -29,8 +29,10 @@ RevocationReason = Literal[
 ]
 DeviceStatus = Literal["active", "suspended", "revoked"]
 
-# Household ids follow the device id rule: they land in the same records and logs.
+# Household ids use the characters of device ids: they land in the same records and
+# logs. They never appear in a URL path, so '.' and '..' are allowed.
 HOUSEHOLD_ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
+HOUSEHOLD_ID_RULE = "1 to 64 characters from A-Z, a-z, 0-9, '.', '_' and '-'"
 # Serials are at most 20 octets (RFC 5280 section 4.1.2.2), so at most 40 significant
 # hex digits. A few leading zeros are tolerated.
 _SERIAL_PATTERN = re.compile(r"[0-9A-Fa-f]{1,64}")
@@ -38,18 +40,43 @@ _MAX_SERIAL = 2**160
 _MAX_CURSOR_CHARACTERS = 200
 
 MAX_PAGE_LIMIT = 500
+# Maximum length, in characters, of one route class's limit list in a rate-limit
+# override. Every limit in the list costs a storage operation per request.
+MAX_RATE_LIMITS_CHARACTERS = 200
 
 
 def check_device_id(device_id: str) -> str:
     """Validate a device id from a path.
 
     Raises:
-        ApiError: 422 `invalid_device_id` naming the rule.
+        ApiError: 422 `invalid_device_id` stating the rule, without the rejected id.
     """
     try:
         return validate_device_id(device_id)
     except InvalidNameError as exc:
-        raise ApiError(422, "invalid_device_id", str(exc)) from None
+        raise ApiError(422, "invalid_device_id", exc.rule_message) from None
+
+
+def query_time_in_utc(value: datetime, parameter: str) -> datetime:
+    """Return a time from a query parameter in UTC. A time without an offset is UTC.
+
+    Converting a time near year 1 or 9999 to UTC can leave datetime's range (for
+    example 9999-12-31T23:59:59-10:00), and so can the conversion that PyMongo's
+    BSON encoder and the embedded store make, so such a time is rejected here.
+
+    Raises:
+        ApiError: 422 `invalid_request` naming the parameter and the range.
+    """
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ApiError(
+            422, "invalid_request",
+            f"{parameter} is out of range: in UTC it must fall between "
+            "0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+        ) from None
 
 
 def normalize_serial(serial: str) -> str:
@@ -101,7 +128,7 @@ class EnrollDeviceRequest(BaseModel):
 
     device_id: str = Field(max_length=64, description=f"device id: {DEVICE_ID_RULE}")
     household_id: str = Field(
-        pattern=HOUSEHOLD_ID_PATTERN, description=f"household id: {DEVICE_ID_RULE}"
+        pattern=HOUSEHOLD_ID_PATTERN, description=f"household id: {HOUSEHOLD_ID_RULE}"
     )
     csr_pem: str | None = Field(
         default=None, max_length=MAX_CSR_PEM_BYTES,
@@ -115,7 +142,10 @@ class EnrollDeviceRequest(BaseModel):
     @field_validator("device_id")
     @classmethod
     def _check_device_id(cls, value: str) -> str:
-        return validate_device_id(value)
+        try:
+            return validate_device_id(value)
+        except InvalidNameError as exc:
+            raise ValueError(exc.rule_message) from None  # without the rejected id
 
     @model_validator(mode="after")
     def _exactly_one_credential(self) -> Self:
@@ -128,6 +158,36 @@ class RevokeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     reason: RevocationReason = Field(description="RFC 5280 revocation reason")
+
+
+_LIMITS_DESCRIPTION = (
+    "limits in the notation of PETVAULT_RATE_LIMITS, all applied at once, "
+    "e.g. '600/minute;2000/hour'"
+)
+
+
+class RateLimitOverrideRequest(BaseModel):
+    """A device's override, per route class. A class left out keeps the configured limits."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    default: str | None = Field(
+        default=None, max_length=MAX_RATE_LIMITS_CHARACTERS,
+        description=f"requests outside the upload and download classes: {_LIMITS_DESCRIPTION}",
+    )
+    upload: str | None = Field(
+        default=None, max_length=MAX_RATE_LIMITS_CHARACTERS,
+        description=f"POST /v1/recordings, its own budget: {_LIMITS_DESCRIPTION}",
+    )
+    download: str | None = Field(
+        default=None, max_length=MAX_RATE_LIMITS_CHARACTERS,
+        description=f"GET /v1/recordings/{{id}}, its own budget: {_LIMITS_DESCRIPTION}",
+    )
+
+    def named_limits(self) -> dict[str, str]:
+        """Return the route classes that the request names, with their limit lists."""
+        return {route_class: text for route_class, text in self.model_dump().items()
+                if text is not None}
 
 
 # Responses
@@ -143,6 +203,14 @@ class CertificateOut(BaseModel):
     revocation_reason: RevocationReason | None = None
 
 
+class RateLimitOverrideOut(BaseModel):
+    """The limit lists that an operator set for a device; null classes are not overridden."""
+
+    default: str | None = None
+    upload: str | None = None
+    download: str | None = None
+
+
 class DeviceOut(BaseModel):
     device_id: str
     household_id: str
@@ -152,6 +220,9 @@ class DeviceOut(BaseModel):
     suspended_at: datetime | None = None
     revoked_at: datetime | None = None
     revocation_reason: RevocationReason | None = None
+    rate_limit_override: RateLimitOverrideOut | None = Field(
+        default=None, description="limits set through the admin API; null when none are"
+    )
     certificates: list[CertificateOut]
 
 
@@ -181,6 +252,22 @@ class RevocationOut(BaseModel):
 class StatusChangeOut(BaseModel):
     changed: bool = Field(description="false when the device already had this status")
     device: DeviceOut
+
+
+class EffectiveRateLimitsOut(BaseModel):
+    """The limits that apply to a device on this instance, per route class."""
+
+    default: str
+    upload: str | None = Field(description="null: uploads count against the default budget")
+    download: str | None = Field(description="null: downloads count against the default budget")
+
+
+class RateLimitChangeOut(BaseModel):
+    changed: bool = Field(description="false when the call found this override already in place")
+    device: DeviceOut
+    effective_rate_limits: EffectiveRateLimitsOut | None = Field(
+        description="null when PETVAULT_RATE_LIMIT_ENABLED is false"
+    )
 
 
 class AuditEntryOut(BaseModel):
@@ -228,8 +315,18 @@ def device_out(view: DeviceView) -> DeviceOut:
         suspended_at=as_utc(device.get("suspended_at")),
         revoked_at=as_utc(device.get("revoked_at")),
         revocation_reason=device.get("revocation_reason"),
+        rate_limit_override=rate_limit_override_out(device.get("rate_limits")),
         certificates=[certificate_out(doc) for doc in view.certificates],
     )
+
+
+def rate_limit_override_out(stored: object) -> RateLimitOverrideOut | None:
+    """Describe a stored override, skipping entries that are not route class to text."""
+    if not isinstance(stored, dict):
+        return None
+    known = {route_class: text for route_class, text in stored.items()
+             if route_class in RateLimitOverrideOut.model_fields and isinstance(text, str)}
+    return RateLimitOverrideOut(**known) if known else None
 
 
 def audit_entry_out(document: Document) -> AuditEntryOut:

@@ -19,6 +19,10 @@ class BodySizeLimitMiddleware:
 
     A declared Content-Length above the cap is rejected before the app runs. A chunked
     body is counted as the app reads it, and the read that passes the cap raises.
+    Whatever the app then does with that error, this middleware discards the app's
+    response and sends the 413 itself, so the status does not depend on the order of
+    the middleware inside it. Only a response that started before the cap was
+    passed goes out unchanged.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -38,19 +42,40 @@ class BodySizeLimitMiddleware:
             return
 
         received = 0
+        response_started = False
+        rejected = False
 
         async def receive_with_limit() -> Message:
-            nonlocal received
+            nonlocal received, rejected
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    rejected = not response_started
                     # An HTTPException, because FastAPI turns any other error raised
-                    # while it reads the body into 400 "error parsing the body".
+                    # while it reads the body into 400 "error parsing the body". A
+                    # Starlette BaseHTTPMiddleware inside this one wraps it in an
+                    # ExceptionGroup, which gets that 400 all the same, so the 413 is
+                    # sent below whatever response the app makes.
                     raise HTTPException(413, self.message)
             return message
 
-        await self.app(scope, receive_with_limit, send)
+        async def send_unless_rejected(message: Message) -> None:
+            nonlocal response_started
+            if rejected:
+                return
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive_with_limit, send_unless_rejected)
+        except Exception:
+            if not rejected:
+                raise
+        if rejected:
+            response = error_response(413, "payload_too_large", self.message)
+            await response(scope, receive, send)
 
 
 def _content_length(scope: Scope) -> int | None:

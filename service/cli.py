@@ -9,8 +9,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+from pydantic_settings import SettingsError
 
-from service.config import ConfigError, Settings, production_problems
+from service.config import (
+    ConfigError,
+    Settings,
+    mongodb_hosts,
+    production_problems,
+    unreadable_tls_files,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,13 +43,37 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         print("petvault: invalid configuration:", file=sys.stderr)
         for error in exc.errors():
-            name = "PETVAULT_" + "_".join(str(part) for part in error["loc"]).upper()
-            print(f"  {name}: {error['msg']}", file=sys.stderr)
+            print(f"  {_describe_settings_error(error)}", file=sys.stderr)
         sys.exit(2)
+    except SettingsError as exc:
+        # pydantic-settings raises this when it cannot decode a value before validation.
+        # Its message names the field and the source, never the value.
+        print(f"petvault: invalid configuration: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _describe_settings_error(error: ErrorDetails) -> str:
+    # The first loc element is the field, so the variable is PETVAULT_<FIELD>. Any
+    # further elements locate the error inside a JSON value, such as a device id in
+    # PETVAULT_RATE_LIMIT_OVERRIDES.
+    field, *inside = error["loc"]
+    name = f"PETVAULT_{str(field).upper()}"
+    if inside:
+        position = ".".join(str(part) for part in inside)
+        printable = "".join(ch if ch.isprintable() else "?" for ch in position)[:80]
+        name += f" (at {printable})"
+    message = str(error["msg"])
+    if error.get("type") == "value_error":
+        # pydantic prefixes the message of a ValueError raised in a validator.
+        message = message.removeprefix("Value error, ")
+    if message.startswith(f"{name} "):
+        return message  # the validator's message already names the variable
+    return f"{name}: {message}"
 
 
 def _serve(args: argparse.Namespace) -> int:
     from service.server import run_forever
+    from service.storage.mongo import StoreUnavailableError
 
     settings = load_settings()
     if args.port is not None:
@@ -53,11 +85,25 @@ def _serve(args: argparse.Namespace) -> int:
             for problem in problems:
                 print(f"  - {problem}", file=sys.stderr)
             return 2
+    unreadable = unreadable_tls_files(settings)
+    if unreadable:
+        print("petvault: cannot start the TLS listeners:", file=sys.stderr)
+        for problem in unreadable:
+            print(f"  - {problem}", file=sys.stderr)
+        return 2
     try:
         run_forever(settings)
     except (ConfigError, OSError) as exc:
         print(f"petvault: {exc}", file=sys.stderr)
         return 2
+    except StoreUnavailableError as exc:
+        # The hosts are printed, never the URI: it can contain a password.
+        where = "" if settings.uses_embedded_mongodb else (
+            " at " + ", ".join(mongodb_hosts(settings.mongodb_uri)))
+        print(f"petvault: MongoDB{where} is unavailable at startup ({exc}); check "
+              "PETVAULT_MONGODB_URI, its credentials and that the server is running",
+              file=sys.stderr)
+        return 1
     return 0
 
 
@@ -68,6 +114,17 @@ def _demo(args: argparse.Namespace) -> int:
                     admin_port=args.admin_port)
 
 
+def _port_number(text: str) -> int:
+    """Parse a TCP port for argparse. Port 0 lets the system choose a free port."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="petvault", description="Secure media backend for connected devices."
@@ -75,16 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", help="logging level (default: INFO)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the service with PETVAULT_* settings")
-    serve.add_argument("--port", type=int, default=None,
+    serve = commands.add_parser(
+        "serve", help="run the service with PETVAULT_* settings",
+        epilog="exit status: 0 after SIGINT or SIGTERM, 1 when MongoDB is unavailable at "
+        "startup, 2 for an invalid configuration",
+    )
+    serve.add_argument("--port", type=_port_number, default=None,
                        help="device listener port (default: PETVAULT_PORT or 8443)")
     serve.set_defaults(func=_serve)
 
     demo = commands.add_parser(
         "demo", help="run the service on embedded stand-ins and simulate two toys"
     )
-    demo.add_argument("--port", type=int, default=8443, help="device listener port (default: 8443)")
-    demo.add_argument("--admin-port", type=int, default=8444,
+    demo.add_argument("--port", type=_port_number, default=8443,
+                      help="device listener port (default: 8443)")
+    demo.add_argument("--admin-port", type=_port_number, default=8444,
                       help="admin listener port (default: 8444)")
     demo.add_argument("--certs-dir", type=Path, default=Path("certs/dev"),
                       help="development PKI directory, created when missing (default: certs/dev)")

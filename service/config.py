@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
 
 from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -67,7 +67,19 @@ class Settings(BaseSettings):
     download_ttl_seconds: int = Field(default=60, ge=1, le=MAX_DOWNLOAD_TTL_SECONDS)
     upload_ttl_seconds: int = Field(default=300, ge=1, le=3600)
     max_upload_bytes: int = Field(default=10_000_000, ge=1, le=5 * 1024**3)
-    allowed_content_types: list[str] = Field(default_factory=lambda: list(DEFAULT_CONTENT_TYPES))
+    # NoDecode: the validator below reads the text, so an empty or malformed value gets
+    # a message naming the variable instead of pydantic-settings' SettingsError.
+    allowed_content_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CONTENT_TYPES)
+    )
+
+    # A client of a mutual-TLS listener must send each request head within this many
+    # seconds of the handshake or of the previous response. Every listener also uses it
+    # as the keep-alive timeout.
+    request_header_timeout_seconds: int = Field(default=20, ge=1, le=300)
+    # Open connections per listener. While more are open, or more requests are running,
+    # each new request gets 503.
+    max_connections: int = Field(default=1000, ge=1)
 
     # Upper bound on how long a cached device status may be served after it changes.
     identity_cache_max_staleness_seconds: float = Field(default=1.0, gt=0, le=1.0)
@@ -127,7 +139,15 @@ class Settings(BaseSettings):
     @classmethod
     def _split_content_types(cls, value: object) -> object:
         # Accept "audio/wav,audio/ogg" as well as a JSON list.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str) and value.lstrip().startswith("["):
+            try:
+                return json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"PETVAULT_ALLOWED_CONTENT_TYPES is not a valid JSON list ({exc.msg}); "
+                    'write e.g. audio/wav,audio/ogg or ["audio/wav", "audio/ogg"]'
+                ) from None
+        if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
@@ -242,7 +262,8 @@ def check_mongodb_uri_escaping(uri: str) -> None:
         raise ConfigError("PETVAULT_MONGODB_URI: the credentials part has an empty user name")
 
 
-def _mongodb_hosts(uri: str) -> list[str]:
+def mongodb_hosts(uri: str) -> list[str]:
+    """Return the hosts of a MongoDB URI, without its credentials or options."""
     rest = uri.partition("://")[2]
     authority = rest.split("/", 1)[0].split("?", 1)[0]
     host_list = authority.rpartition("@")[2]
@@ -271,17 +292,71 @@ def _is_loopback_or_socket(host: str) -> bool:
 _TLS_FILE_OPTIONS = ("tlscafile", "tlscertificatekeyfile", "tlscertificatekeyfilepassword",
                      "tlscrlfile")
 
+# Options that turn off verification of the server certificate, by lowercase name,
+# with PyMongo's spelling and what each accepts.
+_INSECURE_TLS_OPTIONS = {
+    "tlsinsecure": ("tlsInsecure", "any server certificate for any host name"),
+    "tlsallowinvalidcertificates": ("tlsAllowInvalidCertificates", "any server certificate"),
+    "tlsallowinvalidhostnames": ("tlsAllowInvalidHostnames",
+                                 "a server certificate issued for another host name"),
+}
+
+# Mechanisms that authenticate without a user name and password in the URI: a client
+# certificate, AWS IAM credentials, or an OIDC token. PyMongo 4.20 compares the value
+# case-sensitively (pymongo/common.py, `validate_auth_mechanism`).
+_MECHANISMS_WITHOUT_USERINFO = ("MONGODB-X509", "MONGODB-AWS", "MONGODB-OIDC")
+
+
+def _mongodb_options(uri: str) -> dict[str, list[str]]:
+    """Return every value of each URI option, by lowercase option name.
+
+    The split follows PyMongo 4.20 (pymongo/uri_parser_shared.py): options follow the
+    first `?`, separated by `&` or by `;`, names are case-insensitive, and values are
+    decoded with `unquote_plus`. PyMongo keeps the last value of a repeated option.
+    """
+    query = uri.partition("?")[2]
+    separator = ";" if ";" in query and "&" not in query else "&"
+    options: dict[str, list[str]] = {}
+    for pair in query.split(separator):
+        name, equals, value = pair.partition("=")
+        if equals:
+            options.setdefault(name.lower(), []).append(unquote_plus(value))
+    return options
+
 
 def _mongodb_uses_tls(uri: str) -> bool:
     # `ssl` is PyMongo's alias of `tls`. An explicit value wins, so mongodb+srv:// with
     # tls=false has no TLS.
-    options = {name.lower(): value for name, value in parse_qsl(uri.partition("?")[2])}
-    explicit = options.get("tls", options.get("ssl"))
-    if explicit is not None:
-        return explicit.lower() == "true"
+    options = _mongodb_options(uri)
+    explicit = options.get("tls") or options.get("ssl")
+    if explicit:
+        return explicit[-1].lower() == "true"
     if any(options.get(name) for name in _TLS_FILE_OPTIONS):
         return True
     return uri.startswith("mongodb+srv://")
+
+
+def _insecure_tls_problems(uri: str) -> list[str]:
+    # PyMongo accepts only "true" and "false" here, so any value but "false" is either
+    # insecure or fails at startup anyway. The value is not echoed: with an unescaped
+    # "?" in the password, it would be part of the password.
+    options = _mongodb_options(uri)
+    problems = []
+    for name, (spelling, accepted) in _INSECURE_TLS_OPTIONS.items():
+        if any(value.lower() != "false" for value in options.get(name, ())):
+            problems.append(
+                f"PETVAULT_MONGODB_URI sets {spelling}, so the client accepts {accepted}; "
+                "remove the option, and set tlsCAFile=PATH if the server's CA is private"
+            )
+    return problems
+
+
+def _mongodb_has_credentials(uri: str) -> bool:
+    # The userinfo ends at the last "@" before the options, as in
+    # `check_mongodb_uri_escaping`.
+    userinfo = uri.partition("://")[2].split("?", 1)[0].rpartition("@")[0]
+    mechanisms = _mongodb_options(uri).get("authmechanism")
+    return bool(userinfo) or bool(mechanisms and mechanisms[-1] in _MECHANISMS_WITHOUT_USERINFO)
 
 
 def production_problems(settings: Settings) -> list[str]:
@@ -301,19 +376,19 @@ def production_problems(settings: Settings) -> list[str]:
             check_mongodb_uri_escaping(uri)
         except ConfigError as exc:
             problems.append(str(exc))
-        # The userinfo ends at the last "@" before the options, as in the check above.
-        userinfo = uri.partition("://")[2].split("?", 1)[0].rpartition("@")[0]
-        if not userinfo:
+        if not _mongodb_has_credentials(uri):
             problems.append(
                 "PETVAULT_MONGODB_URI has no credentials; production mode requires authentication "
-                "(mongodb://USER:PASSWORD@HOST/...)"
+                "(mongodb://USER:PASSWORD@HOST/..., or authMechanism=MONGODB-X509, "
+                "MONGODB-AWS or MONGODB-OIDC)"
             )
-        hosts = _mongodb_hosts(uri)
+        hosts = mongodb_hosts(uri)
         if not _mongodb_uses_tls(uri) and not all(_is_loopback_or_socket(h) for h in hosts):
             problems.append(
                 f"PETVAULT_MONGODB_URI connects to {', '.join(hosts)} without TLS; "
                 "add tls=true or use mongodb+srv://"
             )
+        problems.extend(_insecure_tls_problems(uri))
 
     if not settings.s3_bucket:
         problems.append("PETVAULT_S3_BUCKET is not set; name the private, versioned recordings bucket")
@@ -342,4 +417,29 @@ def production_problems(settings: Settings) -> list[str]:
             "PETVAULT_RATE_LIMIT_ENABLED is false, which turns off per-device rate limits; "
             "production mode requires them"
         )
+    return problems
+
+
+def unreadable_tls_files(settings: Settings) -> list[str]:
+    """List each TLS file the listeners need that cannot be read, with the setting to fix.
+
+    uvicorn would otherwise fail deep inside its startup with a traceback that does not
+    name the file.
+    """
+    required = [
+        ("PETVAULT_TLS_CERT", settings.tls_cert_path),
+        ("PETVAULT_TLS_KEY", settings.tls_key_path),
+        ("PETVAULT_DEVICE_CA", settings.device_ca_path),
+        ("PETVAULT_OPERATOR_CA", settings.operator_ca_path),
+    ]
+    problems = []
+    for variable, path in required:
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            problems.append(
+                f"{variable} {str(path)!r} cannot be read ({exc.strerror}); create the PKI with "
+                "`petvault certs init` or point the variable at the file"
+            )
     return problems

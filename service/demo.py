@@ -20,6 +20,8 @@ from typing import TypeVar
 
 from cryptography import x509
 
+from certs.authority import CertificateAuthorityError
+from certs.leaf import ValidityError
 from certs.pki import (
     PkiLayout,
     init_dev_pki,
@@ -30,9 +32,10 @@ from device_sim.client import DeviceClient
 from device_sim.errors import ApiError, SimulatorError
 from device_sim.scenario import ScenarioResult, run_scenario
 from service.admin_client import AdminClient, AdminClientError
-from service.config import EMBEDDED_MONGODB_URI, Settings
+from service.config import EMBEDDED_MONGODB_URI, ConfigError, Settings
 from service.embedded import EMBEDDED_S3_WARNING, EmbeddedS3
 from service.server import PetvaultServer
+from service.storage.mongo import StoreUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -220,7 +223,10 @@ def run_demo(*, certs_dir: Path, port: int, keep_serving: bool, admin_port: int 
     _say("  - MongoDB: in-memory mongomock store; everything is lost at exit.")
     _say(f"  - S3: {EMBEDDED_S3_WARNING}.")
     try:
-        layout = prepare_pki(certs_dir)
+        try:
+            layout = prepare_pki(certs_dir)
+        except (CertificateAuthorityError, ValidityError, OSError) as exc:
+            raise DemoStepError("prepare certificates", exc) from exc
         with EmbeddedS3() as s3:
             settings = Settings(
                 env="development",
@@ -244,7 +250,7 @@ def run_demo(*, certs_dir: Path, port: int, keep_serving: bool, admin_port: int 
     except DemoStepError as exc:
         print(f"\npetvault demo FAILED: {exc}", file=sys.stderr)
         return 1
-    except OSError as exc:
+    except (OSError, ConfigError, StoreUnavailableError) as exc:
         print(f"\npetvault demo FAILED at step 'start server': {exc}", file=sys.stderr)
         return 1
     _say("\npetvault demo passed: both toys recorded, uploaded, listed and played back "

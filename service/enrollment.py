@@ -20,14 +20,16 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import verification
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from certs.authority import CertificateAuthority
 from certs.clock import utc_now
 from certs.csr import CsrRejectedError, check_device_public_key, sign_device_csr
 from certs.leaf import ValidityError
+from certs.naming import OPERATOR_URI_PREFIX
 from service.identity import fingerprint_of, public_key_sha256_of, read_presented_certificate
 from service.runtime import Runtime
 from service.storage.registry import DeviceRegistry, DeviceView, NewCertificate
@@ -103,7 +105,7 @@ def verify_device_certificate(
     if presented.device_id != device_id:
         raise EnrollmentRejectedError(
             "invalid_certificate",
-            f"cert_pem names device {presented.device_id!r}, but device_id is {device_id!r}",
+            "cert_pem names another device: its CN and SAN URI must name device_id",
         )
     return certificate
 
@@ -128,13 +130,13 @@ def _parse_certificate(cert_pem: str) -> x509.Certificate:
 def _verify_chain(
     certificate: x509.Certificate, device_ca_bundle: list[x509.Certificate], now: datetime
 ) -> None:
-    # Checked first only for a clearer message; the verifier checks the period too.
-    if now < certificate.not_valid_before_utc or now > certificate.not_valid_after_utc:
-        raise EnrollmentRejectedError(
-            "invalid_certificate",
-            f"cert_pem is not valid now: valid from {certificate.not_valid_before_utc.isoformat()} "
-            f"to {certificate.not_valid_after_utc.isoformat()}",
-        )
+    try:
+        problem = _describe_chain_problem(certificate, device_ca_bundle, now)
+    except (ValueError, x509.DuplicateExtension):
+        problem = None  # a malformed extension: the verifier below rejects it
+    if problem is not None:
+        raise EnrollmentRejectedError("invalid_certificate", f"cert_pem {problem}")
+
     # cryptography's RFC 5280 path validation checks the signature, the validity
     # period at `now`, the CA's constraints and the clientAuth EKU.
     verifier = (
@@ -146,10 +148,72 @@ def _verify_chain(
     try:
         verifier.verify(certificate, [])
     except verification.VerificationError as exc:
+        # The verifier's text quotes the certificate's subject, which the client chose,
+        # so it goes to the log only.
+        logger.info("enrollment certificate failed path validation: %r", str(exc))
         raise EnrollmentRejectedError(
             "invalid_certificate",
-            f"cert_pem does not verify against the device CA for client authentication: {exc}",
+            "cert_pem does not verify against the device CA for client authentication "
+            "(RFC 5280 path validation failed)",
         ) from None
+
+
+def _describe_chain_problem(
+    certificate: x509.Certificate, device_ca_bundle: list[x509.Certificate], now: datetime
+) -> str | None:
+    """Name the first common reason why `certificate` is not a device certificate.
+
+    The verifier checks all of these too, but its messages do not say which rule
+    failed in words an operator can act on, such as "candidates exhausted" for a
+    certificate from another CA.
+    """
+    if now < certificate.not_valid_before_utc or now > certificate.not_valid_after_utc:
+        return (
+            f"is not valid now: valid from {certificate.not_valid_before_utc.isoformat()} "
+            f"to {certificate.not_valid_after_utc.isoformat()}"
+        )
+
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        pass
+    else:
+        if constraints.value.ca:
+            return "is a CA certificate; enroll the device's own (end-entity) certificate"
+
+    if _names_an_operator(certificate):
+        return "is an operator certificate, not a device certificate"
+
+    issuers = [ca for ca in device_ca_bundle if ca.subject == certificate.issuer]
+    if not issuers:
+        return "was not issued by the device CA; enroll a device certificate that it issued"
+    if not any(_is_signed_by(certificate, ca) for ca in issuers):
+        return "names the device CA as issuer, but its signature does not verify with the CA's key"
+
+    try:
+        usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        return "does not allow client authentication (its extended key usage lacks clientAuth)"
+    return None
+
+
+def _names_an_operator(certificate: x509.Certificate) -> bool:
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return False
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    return any(uri.startswith(OPERATOR_URI_PREFIX) for uri in uris)
+
+
+def _is_signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
+        return False
+    return True
 
 
 def new_certificate_record(certificate: x509.Certificate) -> NewCertificate:

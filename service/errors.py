@@ -74,6 +74,9 @@ def _describe_validation_error(error: dict[str, Any]) -> str:
         loc = [*loc[:-1], "<unknown field>"]
     location = ".".join(str(part) for part in loc if part != "body") or "body"
     message = str(error.get("msg", "invalid value"))
+    if error.get("type") == "value_error":
+        # pydantic prefixes the message of a ValueError raised in a validator.
+        message = message.removeprefix("Value error, ")
     return f"{location}: {message}"
 
 

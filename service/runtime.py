@@ -88,10 +88,13 @@ async def register_certificates_from(
 
     A development shortcut for the embedded store, which starts empty. Certificates
     already registered are skipped.
+
+    Raises:
+        ConfigError: `directory` is not a directory, or a `*.pem` file in it is not
+            a PEM certificate.
     """
     registered = []
-    for path in sorted(directory.glob("*.pem")):
-        certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    for path, certificate in _read_certificates(directory):
         presented = read_presented_certificate(certificate.public_bytes(Encoding.PEM).decode())
         if presented is None or presented.device_id is None:
             logger.warning("skipping %s: not a petvault device certificate", path.name)
@@ -110,6 +113,22 @@ async def register_certificates_from(
             pass
         registered.append(presented.device_id)
     return registered
+
+
+def _read_certificates(directory: Path) -> list[tuple[Path, x509.Certificate]]:
+    """Read every `*.pem` file in `directory` as a certificate, in file name order."""
+    if not directory.is_dir():
+        raise ConfigError(f"PETVAULT_REGISTER_DEVICES_FROM {directory} is not a directory")
+    certificates = []
+    for path in sorted(directory.glob("*.pem")):
+        try:
+            certificates.append((path, x509.load_pem_x509_certificate(path.read_bytes())))
+        except ValueError:
+            raise ConfigError(
+                f"PETVAULT_REGISTER_DEVICES_FROM: {path} is not a PEM certificate; "
+                "remove it or replace it with a device certificate"
+            ) from None
+    return certificates
 
 
 @asynccontextmanager

@@ -51,6 +51,8 @@ def _routes(pki: PkiLayout) -> list[Route]:
               200),
         Route("POST", "/admin/v1/devices/toy-3/suspend", None, 200),
         Route("POST", "/admin/v1/devices/toy-3/reactivate", None, 200),
+        Route("PUT", "/admin/v1/devices/toy-3/rate-limits", {"default": "600/minute"}, 200),
+        Route("DELETE", "/admin/v1/devices/toy-3/rate-limits", None, 200),
         Route("GET", "/admin/v1/crl", None, 200),
         Route("GET", "/admin/v1/crl.pem", None, 200),
         Route("GET", "/admin/v1/audit", None, 200),
@@ -60,7 +62,7 @@ def _routes(pki: PkiLayout) -> list[Route]:
 
 ROUTE_NAMES = [
     "enroll", "list", "read", "recordings", "revoke", "revoke-certificate", "suspend",
-    "reactivate", "crl", "crl-pem", "audit", "openapi",
+    "reactivate", "set-rate-limits", "clear-rate-limits", "crl", "crl-pem", "audit", "openapi",
 ]
 
 
@@ -140,8 +142,8 @@ def test_openapi_lists_admin_routes(pki: PkiLayout, shared_server: RunningServer
         "/admin/v1/devices", "/admin/v1/devices/{device_id}",
         "/admin/v1/devices/{device_id}/recordings", "/admin/v1/devices/{device_id}/revoke",
         "/admin/v1/devices/{device_id}/suspend", "/admin/v1/devices/{device_id}/reactivate",
-        "/admin/v1/certificates/{serial}/revoke", "/admin/v1/crl", "/admin/v1/crl.pem",
-        "/admin/v1/audit",
+        "/admin/v1/devices/{device_id}/rate-limits", "/admin/v1/certificates/{serial}/revoke",
+        "/admin/v1/crl", "/admin/v1/crl.pem", "/admin/v1/audit",
     }
     assert expected <= set(paths)
 
@@ -152,6 +154,8 @@ WRONG_METHODS = [
     ("DELETE", "/admin/v1/devices/toy-1"),
     ("GET", "/admin/v1/devices/toy-1/revoke"),
     ("PATCH", "/admin/v1/devices/toy-1/suspend"),
+    ("POST", "/admin/v1/devices/toy-1/rate-limits"),
+    ("PATCH", "/admin/v1/devices/toy-1/rate-limits"),
     ("GET", "/admin/v1/certificates/ab12/revoke"),
     ("POST", "/admin/v1/crl"),
     ("DELETE", "/admin/v1/audit"),

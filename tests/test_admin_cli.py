@@ -158,3 +158,61 @@ def test_cli_rejects_invalid_reason(pki: PkiLayout, server: RunningServer) -> No
     with pytest.raises(SystemExit) as exit_info:
         _admin(pki, server, "revoke", "toy-1", "--reason", "stolen")
     assert exit_info.value.code == 2
+
+
+def test_cli_rate_limits_sets_override(pki: PkiLayout, server: RunningServer,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    status = _admin(pki, server, "rate-limits", "toy-1", "--default", "2/minute",
+                    "--download", "30/minute")
+
+    output = capsys.readouterr().out
+    assert status == 0
+    assert "default   2/minute" in output
+    assert "download  30 per 1 minute" in output
+    assert "upload    counts against default" in output
+    connection = http.client.HTTPSConnection("127.0.0.1", server.port,
+                                             context=device_context(pki, "toy-1"), timeout=10)
+    assert [_me(connection) for _ in range(3)] == [200, 200, 429]
+    connection.close()
+
+
+def test_cli_rate_limits_shows_override(pki: PkiLayout, server: RunningServer,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    _admin(pki, server, "rate-limits", "toy-1", "--upload", "5/minute")
+    capsys.readouterr()
+
+    assert _admin(pki, server, "rate-limits", "toy-1") == 0
+
+    output = capsys.readouterr().out
+    assert "rate-limit override of toy-1:" in output
+    assert "upload    5/minute" in output
+    assert "default   not overridden" in output
+
+
+def test_cli_rate_limits_clear(pki: PkiLayout, server: RunningServer,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    _admin(pki, server, "rate-limits", "toy-1", "--default", "2/minute")
+    capsys.readouterr()
+
+    assert _admin(pki, server, "rate-limits", "toy-1", "--clear") == 0
+
+    output = capsys.readouterr().out
+    assert "toy-1 has no rate-limit override" in output
+    assert "default   60 per 1 minute; 200 per 1 hour; 400 per 1 day" in output
+
+
+def test_cli_rate_limits_invalid_exits_1(pki: PkiLayout, server: RunningServer,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    assert _admin(pki, server, "rate-limits", "toy-1", "--upload", "0/minute") == 1
+    assert capsys.readouterr().err.strip() == (
+        "error: HTTP 422 invalid_rate_limits: upload: '0 per 1 minute' allows no request; "
+        "suspend the device instead"
+    )
+
+
+def test_cli_rate_limits_clear_with_limits_exits_2(pki: PkiLayout, server: RunningServer,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    status = _admin(pki, server, "rate-limits", "toy-1", "--clear", "--default", "2/minute")
+
+    assert status == 2
+    assert "--clear removes the whole override" in capsys.readouterr().err

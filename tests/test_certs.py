@@ -513,7 +513,9 @@ VALID_DEVICE_IDS = [
     "0",
     "x" * 64,
     "-leading-dash",
-    "..",
+    "...",
+    ".hidden",
+    "toy..1",
 ]
 
 INVALID_DEVICE_IDS = [
@@ -534,6 +536,10 @@ INVALID_DEVICE_IDS = [
     pytest.param("toy@home", id="at-sign"),
     pytest.param("toy%2F42", id="percent"),
     pytest.param("toy\x1b[31m", id="ansi-escape"),
+    # HTTP clients remove these dot segments from a URL path, so the admin API could
+    # never reach a device with such an id.
+    pytest.param(".", id="dot"),
+    pytest.param("..", id="dot-dot"),
 ]
 
 
@@ -575,6 +581,23 @@ def test_device_id_error_escapes_control_characters() -> None:
         validate_device_id("toy\n\x1b[2J")
     assert "\n" not in str(caught.value)
     assert "\x1b" not in str(caught.value)
+
+
+def test_device_id_rule_names_dot_segments() -> None:
+    assert "other than '.' and '..'" in DEVICE_ID_RULE
+
+
+@pytest.mark.parametrize("device_id", ["toy 42", "..", "SECRET<script>", 42])
+def test_device_id_rule_message_omits_value(device_id: object) -> None:
+    with pytest.raises(InvalidNameError) as caught:
+        validate_device_id(device_id)  # type: ignore[arg-type]
+    assert caught.value.rule_message == f"device id must be {DEVICE_ID_RULE}"
+
+
+def test_operator_name_rule_message() -> None:
+    with pytest.raises(InvalidNameError) as caught:
+        validate_operator_name("..")
+    assert caught.value.rule_message == f"operator name must be {DEVICE_ID_RULE}"
 
 
 def test_device_id_rejects_non_string() -> None:
@@ -1121,6 +1144,35 @@ def test_inspect_rejects_negative_warn_days(pki: PkiLayout) -> None:
     with pytest.raises(SystemExit) as caught:
         inspect(["--warn-days", "-1", str(pki.server_cert)])
     assert caught.value.code == 2
+
+
+CLI_NUMBER_ERRORS = [
+    pytest.param(["inspect", "--warn-days", "abc", "x.pem"],
+                 "argument --warn-days: must be a whole number, 0 or more, got 'abc'",
+                 id="warn-days not a number"),
+    pytest.param(["inspect", "--warn-days", "-1", "x.pem"],
+                 "argument --warn-days: must be a whole number, 0 or more, got '-1'",
+                 id="warn-days negative"),
+    pytest.param(["issue-device", "toy-1", "--days", "abc"],
+                 "argument --days: must be a whole number, 1 or more, got 'abc'",
+                 id="days not a number"),
+    pytest.param(["issue-operator", "alice", "--days", "0"],
+                 "argument --days: must be a whole number, 1 or more, got '0'",
+                 id="days zero"),
+]
+
+
+@pytest.mark.parametrize(("arguments", "message"), CLI_NUMBER_ERRORS)
+def test_cli_number_error_states_rule(
+    arguments: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as caught:
+        cli.main(["certs", *arguments])
+
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert caught.value.code == 2
+    assert last_line.endswith(message)
+    assert "_int" not in last_line
 
 
 # --- mutual TLS on loopback ----------------------------------------------------------

@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from certs.naming import DEVICE_ID_RULE
 from device_sim import cli
 from device_sim.audio import synthesize_wav
 from device_sim.client import ApiError, DeviceClient, DigestMismatchError, SimulatorError
@@ -531,6 +532,8 @@ def test_scenario_logs_no_presigned_url(
     ("status", "code", "headers", "fragment"),
     [
         (401, "unauthenticated", {}, "not accept this device certificate"),
+        (401, "certificate_not_registered", {}, "register the device"),
+        (401, "certificate_revoked", {}, "certificate is revoked; the device needs a new key"),
         (403, "device_suspended", {}, "device is suspended"),
         (403, "forbidden", {}, "not allowed"),
         (404, "not_found", {}, "belongs to another device"),
@@ -556,6 +559,12 @@ def test_api_error_message_per_status(
     assert fragment in message
     assert f"HTTP {status} {code}: details here" in message
     assert "\n" not in message
+
+
+def test_revoked_error_does_not_suggest_registering() -> None:
+    error = ApiError(401, "certificate_revoked", "the client certificate is revoked")
+
+    assert "register the device" not in str(error)
 
 
 def test_api_error_retry_after_http_date(pki: Pki) -> None:
@@ -915,10 +924,19 @@ def test_keygen_does_not_follow_symlink(tmp_path: Path) -> None:
     assert not target.exists()
 
 
-@pytest.mark.parametrize("device_id", ["", "../toy", "toy/1", "-toy", "t" * 65, "toy 1"])
+@pytest.mark.parametrize("device_id", ["", "../toy", "toy/1", ".", "..", "t" * 65, "toy 1"])
 def test_keygen_rejects_invalid_device_id(tmp_path: Path, device_id: str) -> None:
-    with pytest.raises(SimulatorError, match="is invalid"):
+    with pytest.raises(SimulatorError, match="invalid device id") as caught:
         generate_device_key_and_csr(device_id, tmp_path)
+    assert DEVICE_ID_RULE in str(caught.value)
+
+
+# Ids that the CA and the admin API accept, so the simulator must accept them too.
+@pytest.mark.parametrize("device_id", ["-toy", "_toy", ".toy", "...", "t" * 64])
+def test_keygen_accepts_ca_device_id(tmp_path: Path, device_id: str) -> None:
+    files = generate_device_key_and_csr(device_id, tmp_path)
+
+    assert files.key_path == tmp_path / f"{device_id}.key"
 
 
 # --- CLI -----------------------------------------------------------------------------

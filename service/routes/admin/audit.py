@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
@@ -13,6 +13,7 @@ from service.admin_models import (
     audit_entry_out,
     decode_cursor,
     encode_cursor,
+    query_time_in_utc,
 )
 from service.routes.admin.deps import RuntimeDep, registry_errors
 
@@ -38,8 +39,8 @@ async def read_audit(
     Rejections in the TLS handshake (no certificate, a certificate from another CA,
     an expired one) never reach the application, so they are not in this log.
     """
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
+    if since is not None:
+        since = query_time_in_utc(since, "since")
     after = decode_cursor(cursor) if cursor else None
     with registry_errors():
         documents = await runtime.store.list_audit(limit=limit + 1, since=since, after_id=after)
