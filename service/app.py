@@ -33,7 +33,9 @@ Policy: https://petvault.example/security-policy
 MAX_REQUEST_BODY_BYTES = 16 * 1024
 
 
-async def _no_store(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+async def _no_store(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
     # Responses carry presigned URLs, which are bearer credentials: keep them out of caches.
     response = await call_next(request)
     response.headers["Cache-Control"] = "no-store"

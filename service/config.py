@@ -155,7 +155,9 @@ class Settings(BaseSettings):
     @classmethod
     def _check_content_types(cls, value: list[str]) -> list[str]:
         if not value:
-            raise ValueError("PETVAULT_ALLOWED_CONTENT_TYPES is empty; an empty allow-list allows nothing")
+            raise ValueError(
+                "PETVAULT_ALLOWED_CONTENT_TYPES is empty; an empty allow-list allows nothing"
+            )
         for item in value:
             if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", item):
                 raise ValueError(f"invalid content type {item!r} in PETVAULT_ALLOWED_CONTENT_TYPES")
@@ -255,8 +257,9 @@ def check_mongodb_uri_escaping(uri: str) -> None:
     user, _, password = userinfo.partition(":")
     if "@" in userinfo or "/" in userinfo or ":" in password:
         raise ConfigError(
-            "PETVAULT_MONGODB_URI: the user name or password contains an unescaped '@', '/' or ':'; "
-            "percent-encode them (urllib.parse.quote_plus), e.g. 'p@ss' becomes 'p%40ss'"
+            "PETVAULT_MONGODB_URI: the user name or password contains an unescaped "
+            "'@', '/' or ':'; percent-encode them (urllib.parse.quote_plus), "
+            "e.g. 'p@ss' becomes 'p%40ss'"
         )
     if not user:
         raise ConfigError("PETVAULT_MONGODB_URI: the credentials part has an empty user name")
@@ -289,16 +292,22 @@ def _is_loopback_or_socket(host: str) -> bool:
 
 # Without an explicit `tls`, PyMongo 4 turns TLS on when one of these options is set
 # (pymongo/client_options.py, `_parse_ssl_options`).
-_TLS_FILE_OPTIONS = ("tlscafile", "tlscertificatekeyfile", "tlscertificatekeyfilepassword",
-                     "tlscrlfile")
+_TLS_FILE_OPTIONS = (
+    "tlscafile",
+    "tlscertificatekeyfile",
+    "tlscertificatekeyfilepassword",
+    "tlscrlfile",
+)
 
 # Options that turn off verification of the server certificate, by lowercase name,
 # with PyMongo's spelling and what each accepts.
 _INSECURE_TLS_OPTIONS = {
     "tlsinsecure": ("tlsInsecure", "any server certificate for any host name"),
     "tlsallowinvalidcertificates": ("tlsAllowInvalidCertificates", "any server certificate"),
-    "tlsallowinvalidhostnames": ("tlsAllowInvalidHostnames",
-                                 "a server certificate issued for another host name"),
+    "tlsallowinvalidhostnames": (
+        "tlsAllowInvalidHostnames",
+        "a server certificate issued for another host name",
+    ),
 }
 
 # Mechanisms that authenticate without a user name and password in the URI: a client
@@ -391,7 +400,9 @@ def production_problems(settings: Settings) -> list[str]:
         problems.extend(_insecure_tls_problems(uri))
 
     if not settings.s3_bucket:
-        problems.append("PETVAULT_S3_BUCKET is not set; name the private, versioned recordings bucket")
+        problems.append(
+            "PETVAULT_S3_BUCKET is not set; name the private, versioned recordings bucket"
+        )
 
     ca_path = settings.device_ca_path
     try:
@@ -399,17 +410,20 @@ def production_problems(settings: Settings) -> list[str]:
 
         ca_cert = x509.load_pem_x509_certificate(ca_path.read_bytes())
     except (OSError, ValueError) as exc:
-        problems.append(f"PETVAULT_DEVICE_CA {str(ca_path)!r} cannot be read as a PEM certificate: {exc}")
+        problems.append(
+            f"PETVAULT_DEVICE_CA {str(ca_path)!r} cannot be read as a PEM certificate: {exc}"
+        )
     else:
         if is_development_ca(ca_cert):
             problems.append(
-                f"PETVAULT_DEVICE_CA {str(ca_path)!r} is the development CA from `petvault certs init`; "
-                "use the production device CA"
+                f"PETVAULT_DEVICE_CA {str(ca_path)!r} is the development CA from "
+                "`petvault certs init`; use the production device CA"
             )
 
     if settings.register_devices_from is not None:
         problems.append(
-            "PETVAULT_REGISTER_DEVICES_FROM is a development shortcut; enroll devices through the admin API"
+            "PETVAULT_REGISTER_DEVICES_FROM is a development shortcut; "
+            "enroll devices through the admin API"
         )
 
     if not settings.rate_limit_enabled:

@@ -107,8 +107,13 @@ def _run_device_steps(layout: PkiLayout, port: int) -> None:
             client.get_recording(target)
         except ApiError as exc:
             if exc.status != 404:
-                raise DemoStepError("toy-2 reads toy-1's recording", f"expected 404, got {exc}") from exc
-            _say(f"[toy-2] get {target}: 404 {exc.code} (as expected: not yours looks like not found)")
+                raise DemoStepError(
+                    "toy-2 reads toy-1's recording", f"expected 404, got {exc}"
+                ) from exc
+            _say(
+                f"[toy-2] get {target}: 404 {exc.code} "
+                "(as expected: not yours looks like not found)"
+            )
         except SimulatorError as exc:
             raise DemoStepError("toy-2 reads toy-1's recording", exc) from exc
         else:
@@ -139,8 +144,10 @@ def _run_revocation_step(layout: PkiLayout, device_port: int, admin_port: int) -
             _say(f"[{REVOKED_DEVICE}] GET /v1/me: 200 before the revocation")
             started = time.monotonic()
             answer = admin.revoke_device(REVOKED_DEVICE, "keyCompromise")
-            _say(f"[{DEMO_OPERATOR}] POST /admin/v1/devices/{REVOKED_DEVICE}/revoke: 200, "
-                 f"revoked at {answer['revoked_at']} (keyCompromise)")
+            _say(
+                f"[{DEMO_OPERATOR}] POST /admin/v1/devices/{REVOKED_DEVICE}/revoke: 200, "
+                f"revoked at {answer['revoked_at']} (keyCompromise)"
+            )
         except (SimulatorError, AdminClientError) as exc:
             raise DemoStepError(step, exc) from exc
 
@@ -150,8 +157,10 @@ def _run_revocation_step(layout: PkiLayout, device_port: int, admin_port: int) -
             elapsed_ms = (time.monotonic() - started) * 1000
             if exc.status != 401 or exc.code != "certificate_revoked":
                 raise DemoStepError(step, f"expected 401 certificate_revoked, got {exc}") from exc
-            _say(f"[{REVOKED_DEVICE}] next request on the same connection: 401 {exc.code} "
-                 f"({elapsed_ms:.0f} ms after the revoke call started)")
+            _say(
+                f"[{REVOKED_DEVICE}] next request on the same connection: 401 {exc.code} "
+                f"({elapsed_ms:.0f} ms after the revoke call started)"
+            )
         except SimulatorError as exc:
             raise DemoStepError(step, exc) from exc
         else:
@@ -253,7 +262,9 @@ def run_demo(*, certs_dir: Path, port: int, keep_serving: bool, admin_port: int 
     except (OSError, ConfigError, StoreUnavailableError) as exc:
         print(f"\npetvault demo FAILED at step 'start server': {exc}", file=sys.stderr)
         return 1
-    _say("\npetvault demo passed: both toys recorded, uploaded, listed and played back "
-         "with a verified SHA-256, toy-2 could not read toy-1's recording, and after its "
-         "revocation toy-2 was rejected on its open connection while toy-1 kept working.")
+    _say(
+        "\npetvault demo passed: both toys recorded, uploaded, listed and played back "
+        "with a verified SHA-256, toy-2 could not read toy-1's recording, and after its "
+        "revocation toy-2 was rejected on its open connection while toy-1 kept working."
+    )
     return 0

@@ -78,7 +78,9 @@ async def current_device(request: Request) -> DeviceRecord:
     if record is None:
         logger.warning(
             "unregistered certificate rejected: fingerprint=%s.. serial=%s ip=%s",
-            presented.fingerprint[:16], presented.serial, source_ip,
+            presented.fingerprint[:16],
+            presented.serial,
+            source_ip,
         )
         await runtime.audit.record(
             action="auth.certificate_not_registered",
@@ -88,12 +90,16 @@ async def current_device(request: Request) -> DeviceRecord:
             result="rejected",
             coalesce=True,
         )
-        raise ApiError(401, "certificate_not_registered", "the client certificate is not registered")
+        raise ApiError(
+            401, "certificate_not_registered", "the client certificate is not registered"
+        )
 
     if presented.device_id != record.device_id:
         logger.warning(
             "certificate identity mismatch: record=%s problem=%s fingerprint=%s..",
-            record.device_id, presented.problem or "device id differs", presented.fingerprint[:16],
+            record.device_id,
+            presented.problem or "device id differs",
+            presented.fingerprint[:16],
         )
         await runtime.audit.record(
             action="auth.certificate_identity_mismatch",
@@ -104,7 +110,8 @@ async def current_device(request: Request) -> DeviceRecord:
             coalesce=True,
         )
         raise ApiError(
-            401, "certificate_identity_mismatch",
+            401,
+            "certificate_identity_mismatch",
             "the device id in the certificate does not match its registration",
         )
 
@@ -122,8 +129,9 @@ async def _reject_inactive(runtime: Runtime, record: DeviceRecord, source_ip: st
         code, status_code, message = "certificate_revoked", 401, "the client certificate is revoked"
     else:
         code, status_code, message = "device_inactive", 403, "the device is not active"
-    logger.warning("request by %s device rejected: device=%s ip=%s", record.status, record.device_id,
-                   source_ip)
+    logger.warning(
+        "request by %s device rejected: device=%s ip=%s", record.status, record.device_id, source_ip
+    )
     await runtime.audit.record(
         action=f"auth.{code}",
         actor={"type": "device", "device_id": record.device_id},

@@ -110,11 +110,15 @@ def read_presented_certificate(pem: str) -> PresentedCertificate | None:
         problem = "certificate must carry exactly one CN and one urn:petvault:device: SAN URI"
         return PresentedCertificate(fingerprint, serial, None, problem)
     if common_name != uri_id:
-        return PresentedCertificate(fingerprint, serial, None, "certificate CN and SAN URI disagree")
+        return PresentedCertificate(
+            fingerprint, serial, None, "certificate CN and SAN URI disagree"
+        )
     try:
         device_id = validate_device_id(uri_id)
     except InvalidNameError:
-        return PresentedCertificate(fingerprint, serial, None, "certificate device id breaks the id rule")
+        return PresentedCertificate(
+            fingerprint, serial, None, "certificate device id breaks the id rule"
+        )
     return PresentedCertificate(fingerprint, serial, device_id, None)
 
 
@@ -193,12 +197,15 @@ class IdentityCache:
             self._entries.pop(fingerprint, None)
             self._invalidated_at[fingerprint] = now
 
-    def _remember(self, fingerprint: str, record: DeviceRecord | None, *, confirmed_at: float) -> None:
+    def _remember(
+        self, fingerprint: str, record: DeviceRecord | None, *, confirmed_at: float
+    ) -> None:
         entry = self._entries.get(fingerprint)
         if entry is not None and entry.confirmed_at > confirmed_at:
             return  # a newer answer arrived while this query was in flight
-        invalidated_at = max(self._invalidated_at.get(fingerprint, float("-inf")),
-                             self._all_invalidated_at)
+        invalidated_at = max(
+            self._invalidated_at.get(fingerprint, float("-inf")), self._all_invalidated_at
+        )
         if confirmed_at < invalidated_at:
             return  # the record changed while this query was in flight
         self._entries[fingerprint] = _CacheEntry(record, confirmed_at, last_used=time.monotonic())

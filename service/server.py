@@ -96,7 +96,9 @@ class PetvaultServer:
         health: Start the loopback health listener.
     """
 
-    def __init__(self, settings: Settings, *, mongo_client: Any = None, health: bool = True) -> None:
+    def __init__(
+        self, settings: Settings, *, mongo_client: Any = None, health: bool = True
+    ) -> None:
         self.settings = settings
         self._mongo_client = mongo_client
         self._health = health
@@ -124,7 +126,13 @@ class PetvaultServer:
         device_tls = ssl_context_factory_for(
             settings.tls_cert_path, settings.tls_key_path, settings.device_ca_path
         )
-        yield "device", settings.host, settings.port, create_device_app(settings, runtime), device_tls
+        yield (
+            "device",
+            settings.host,
+            settings.port,
+            create_device_app(settings, runtime),
+            device_tls,
+        )
 
         admin_tls = ssl_context_factory_for(
             settings.tls_cert_path, settings.tls_key_path, settings.operator_ca_path
@@ -149,13 +157,19 @@ class PetvaultServer:
                 for name, host, _port, app, tls in listeners:
                     sock = self._sockets[name]
                     http = ClientCertH11Protocol if tls is not None else "h11"
-                    server = _Server(_uvicorn_config(app, self.settings, ssl_factory=tls,
-                                                     http=http))
+                    server = _Server(
+                        _uvicorn_config(app, self.settings, ssl_factory=tls, http=http)
+                    )
                     self._servers.append(server)
                     tasks.append(asyncio.create_task(server.serve(sockets=[sock])))
                     scheme = "https (mutual TLS)" if tls is not None else "http"
-                    logger.info("%s listener on %s://%s:%d", name, scheme.split()[0], host,
-                                sock.getsockname()[1])
+                    logger.info(
+                        "%s listener on %s://%s:%d",
+                        name,
+                        scheme.split()[0],
+                        host,
+                        sock.getsockname()[1],
+                    )
 
                 while not all(server.started for server in self._servers):
                     if any(task.done() for task in tasks):
@@ -183,7 +197,9 @@ class PetvaultServer:
             loop.add_signal_handler(sig, self.stop)
 
 
-def run_forever(settings: Settings, *, on_started: Callable[[PetvaultServer], None] | None = None) -> None:
+def run_forever(
+    settings: Settings, *, on_started: Callable[[PetvaultServer], None] | None = None
+) -> None:
     """Serve until SIGINT or SIGTERM."""
 
     async def main() -> None:

@@ -32,7 +32,9 @@ MAX_REQUEST_HEAD_BYTES = 16 * 1024
 _TLS_VERSION_NUMBERS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
 
-def build_server_ssl_context(cert_path: Path, key_path: Path, client_ca_path: Path) -> ssl.SSLContext:
+def build_server_ssl_context(
+    cert_path: Path, key_path: Path, client_ca_path: Path
+) -> ssl.SSLContext:
     """Build a server context that requires a client certificate signed by `client_ca_path`.
 
     Args:
@@ -99,20 +101,22 @@ class _RepeatedWarning:
         now = time.monotonic()
         if self._logged_at is not None and now - self._logged_at < self._interval:
             return
-        logger.warning(self._message + " (%d time(s) since the last such message)",
-                       *args, self._count)
+        logger.warning(
+            self._message + " (%d time(s) since the last such message)", *args, self._count
+        )
         self._count = 0
         self._logged_at = now
 
 
 _HEAD_TIMED_OUT = _RepeatedWarning(
-    "closed the connection from %s: request head not complete within %d s "
-    "(%d bytes received)"
+    "closed the connection from %s: request head not complete within %d s (%d bytes received)"
 )
-_HEAD_TOO_LARGE = _RepeatedWarning("rejected a request from %s: request head of %d bytes is "
-                                   "larger than the maximum of %d bytes")
-_OVER_CAPACITY = _RepeatedWarning("rejected a request from %s with 503: %d connections are "
-                                  "open, the maximum is %d")
+_HEAD_TOO_LARGE = _RepeatedWarning(
+    "rejected a request from %s: request head of %d bytes is larger than the maximum of %d bytes"
+)
+_OVER_CAPACITY = _RepeatedWarning(
+    "rejected a request from %s with 503: %d connections are open, the maximum is %d"
+)
 
 
 class ClientCertH11Protocol(H11Protocol):
@@ -208,8 +212,14 @@ class ClientCertH11Protocol(H11Protocol):
         # `self.tasks` includes the task that runs this request.
         if limit is not None and (len(self.connections) > limit or len(self.tasks) > limit):
             _OVER_CAPACITY.log(self._client_label(), len(self.connections), limit)
-            await _send_error(scope, receive, send, 503, "service_unavailable",
-                              "too many open connections; retry later")
+            await _send_error(
+                scope,
+                receive,
+                send,
+                503,
+                "service_unavailable",
+                "too many open connections; retry later",
+            )
             return
 
         extensions = scope.setdefault("extensions", {})
@@ -242,15 +252,20 @@ class ClientCertH11Protocol(H11Protocol):
         self.transport.abort()
 
     def _head_too_large_error(self) -> tuple[str, str]:
-        return ("request_header_too_large",
-                f"request line and headers are larger than {self._max_head_bytes} bytes")
+        return (
+            "request_header_too_large",
+            f"request line and headers are larger than {self._max_head_bytes} bytes",
+        )
 
     def _write_error_and_close(self, status_code: int, code: str, message: str) -> None:
         """Write an error response straight through h11, outside any request cycle."""
         response = error_response(status_code, code, message, headers={"Connection": "close"})
         events = (
-            h11.Response(status_code=status_code, headers=response.raw_headers,
-                         reason=STATUS_PHRASES[status_code]),
+            h11.Response(
+                status_code=status_code,
+                headers=response.raw_headers,
+                reason=STATUS_PHRASES[status_code],
+            ),
             h11.Data(data=bytes(response.body)),
             h11.EndOfMessage(),
         )
@@ -275,13 +290,15 @@ def _request_head_size(scope: Mapping[str, Any]) -> int:
     if scope["query_string"]:
         target += 1 + len(scope["query_string"])
     request_line = len(scope["method"]) + 1 + target + len(" HTTP/1.1\r\n")
-    fields = sum(len(name) + len(": ") + len(value) + len("\r\n")
-                 for name, value in scope["headers"])
+    fields = sum(
+        len(name) + len(": ") + len(value) + len("\r\n") for name, value in scope["headers"]
+    )
     return request_line + fields + len("\r\n")
 
 
-async def _send_error(scope: Any, receive: Any, send: Any, status_code: int, code: str,
-                      message: str) -> None:
+async def _send_error(
+    scope: Any, receive: Any, send: Any, status_code: int, code: str, message: str
+) -> None:
     # Connection: close makes uvicorn close the connection after the response.
     response = error_response(status_code, code, message, headers={"Connection": "close"})
     await response(scope, receive, send)

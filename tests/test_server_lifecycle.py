@@ -1,4 +1,4 @@
-"""A stopped server releases everything it built, so long-lived processes and test runs stay small."""
+"""A stopped server releases everything it built, so test runs stay small."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ def _alive(kind: type) -> int:
     return sum(1 for obj in gc.get_objects() if isinstance(obj, kind))
 
 
-def test_stopped_servers_are_collected(pki: PkiLayout, s3: EmbeddedS3, server_loop: ServerLoop) -> None:
+def test_stopped_servers_are_collected(
+    pki: PkiLayout, s3: EmbeddedS3, server_loop: ServerLoop
+) -> None:
     servers_before = _alive(PetvaultServer)
     stores_before = _alive(ObjectStore)
 

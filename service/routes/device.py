@@ -58,8 +58,9 @@ def _object_store_unavailable() -> ApiError:
     return ApiError(503, "object_store_unavailable", "object store unavailable; retry later")
 
 
-async def _owned_recording(runtime: Runtime, device: DeviceRecord, recording_id: str,
-                           request: Request) -> dict[str, Any]:
+async def _owned_recording(
+    runtime: Runtime, device: DeviceRecord, recording_id: str, request: Request
+) -> dict[str, Any]:
     check_recording_id(recording_id)
     try:
         document = await runtime.store.find_recording(device.device_id, recording_id)
@@ -98,12 +99,14 @@ async def create_recording(
     content_type = body.content_type.lower()
     if content_type not in settings.allowed_content_types:
         raise ApiError(
-            415, "unsupported_content_type",
+            415,
+            "unsupported_content_type",
             f"content_type must be one of {', '.join(settings.allowed_content_types)}",
         )
     if body.size_bytes > settings.max_upload_bytes:
         raise ApiError(
-            413, "recording_too_large",
+            413,
+            "recording_too_large",
             f"size_bytes is {body.size_bytes}, above the maximum of {settings.max_upload_bytes}",
         )
 
@@ -132,8 +135,13 @@ async def create_recording(
     except StoreUnavailableError as exc:
         raise metadata_unavailable() from exc
 
-    logger.info("recording reserved: device=%s recording=%s size=%d type=%s",
-                device.device_id, recording_id, body.size_bytes, content_type)
+    logger.info(
+        "recording reserved: device=%s recording=%s size=%d type=%s",
+        device.device_id,
+        recording_id,
+        body.size_bytes,
+        content_type,
+    )
     return CreateRecordingResponse(
         recording_id=recording_id,
         upload=UploadForm(url=form.url, fields=form.fields, expires_at=form.expires_at),
@@ -159,10 +167,14 @@ async def complete_recording(
     try:
         stored = await runtime.objects.inspect_object(document["object_key"])
     except ObjectStoreUnavailableError as exc:
-        logger.error("complete failed: device=%s recording=%s: %s", device.device_id, recording_id, exc)
+        logger.error(
+            "complete failed: device=%s recording=%s: %s", device.device_id, recording_id, exc
+        )
         raise _object_store_unavailable() from exc
     if stored is None:
-        raise ApiError(409, "upload_not_found", "upload not found; upload the file before completing")
+        raise ApiError(
+            409, "upload_not_found", "upload not found; upload the file before completing"
+        )
 
     mismatches = []
     if stored.size_bytes != document["size_bytes"]:
@@ -181,14 +193,24 @@ async def complete_recording(
             raise _object_store_unavailable() from exc
         try:
             await runtime.store.update_recording(
-                device.device_id, recording_id, PENDING,
+                device.device_id,
+                recording_id,
+                PENDING,
                 {"status": REJECTED, "completed_at": now, "rejection": "; ".join(mismatches)},
             )
         except StoreUnavailableError as exc:
             raise metadata_unavailable() from exc
-        logger.warning("upload rejected: device=%s recording=%s: %s", device.device_id, recording_id,
-                       "; ".join(mismatches))
-        raise ApiError(409, "upload_mismatch", "upload does not match the declaration: " + "; ".join(mismatches))
+        logger.warning(
+            "upload rejected: device=%s recording=%s: %s",
+            device.device_id,
+            recording_id,
+            "; ".join(mismatches),
+        )
+        raise ApiError(
+            409,
+            "upload_mismatch",
+            "upload does not match the declaration: " + "; ".join(mismatches),
+        )
 
     # None on a bucket without versioning: downloads then serve the key's current object.
     changes = {"status": AVAILABLE, "completed_at": now, "object_version_id": stored.version_id}
@@ -205,8 +227,12 @@ async def complete_recording(
             return recording_out(current)
         raise ApiError(409, "recording_not_pending", f"recording is {current['status']}")
     document.update(changes)
-    logger.info("recording verified: device=%s recording=%s version=%s", device.device_id,
-                recording_id, stored.version_id or "none (bucket not versioned)")
+    logger.info(
+        "recording verified: device=%s recording=%s version=%s",
+        device.device_id,
+        recording_id,
+        stored.version_id or "none (bucket not versioned)",
+    )
     return recording_out(document)
 
 
@@ -220,7 +246,9 @@ async def list_recordings(
     """List the caller's recordings, newest first, with an opaque cursor."""
     after = decode_cursor(cursor) if cursor else None
     try:
-        documents = await runtime.store.list_recordings(device.device_id, limit=limit + 1, after=after)
+        documents = await runtime.store.list_recordings(
+            device.device_id, limit=limit + 1, after=after
+        )
     except StoreUnavailableError as exc:
         raise metadata_unavailable() from exc
     page = documents[:limit]
@@ -257,7 +285,9 @@ async def delete_recording(
         raise _object_store_unavailable() from exc
     try:
         await runtime.store.update_recording(
-            device.device_id, recording_id, document["status"],
+            device.device_id,
+            recording_id,
+            document["status"],
             {"status": DELETED, "deleted_at": datetime.now(UTC)},
         )
     except StoreUnavailableError as exc:

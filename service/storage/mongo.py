@@ -93,11 +93,13 @@ def stored_rate_limit_override(value: object) -> tuple[tuple[str, str], ...]:
     """
     if not isinstance(value, dict):
         return ()
-    return tuple(sorted(
-        (route_class, limits)
-        for route_class, limits in value.items()
-        if isinstance(route_class, str) and isinstance(limits, str)
-    ))
+    return tuple(
+        sorted(
+            (route_class, limits)
+            for route_class, limits in value.items()
+            if isinstance(route_class, str) and isinstance(limits, str)
+        )
+    )
 
 
 class MetadataStore:
@@ -124,7 +126,9 @@ class MetadataStore:
             )
             await self.audit.create_index([("time", ASCENDING), ("_id", ASCENDING)], name="time")
         except PyMongoError as exc:
-            raise StoreUnavailableError(f"creating indexes failed: {exc.__class__.__name__}") from exc
+            raise StoreUnavailableError(
+                f"creating indexes failed: {exc.__class__.__name__}"
+            ) from exc
 
     async def ping(self) -> None:
         try:
@@ -188,7 +192,9 @@ class MetadataStore:
         records = await self.find_devices_by_fingerprints([fingerprint])
         return records.get(fingerprint)
 
-    async def find_devices_by_fingerprints(self, fingerprints: list[str]) -> dict[str, DeviceRecord]:
+    async def find_devices_by_fingerprints(
+        self, fingerprints: list[str]
+    ) -> dict[str, DeviceRecord]:
         """Look up many fingerprints in two queries; unknown ones are absent from the result."""
         if not fingerprints:
             return {}
@@ -198,8 +204,7 @@ class MetadataStore:
             ]
             device_ids = sorted({doc["device_id"] for doc in certificates})
             devices = {
-                doc["_id"]: doc
-                async for doc in self.devices.find({"_id": {"$in": device_ids}})
+                doc["_id"]: doc async for doc in self.devices.find({"_id": {"$in": device_ids}})
             }
         except PyMongoError as exc:
             raise StoreUnavailableError(exc.__class__.__name__) from exc
@@ -219,11 +224,17 @@ class MetadataStore:
         except PyMongoError as exc:
             raise StoreUnavailableError(exc.__class__.__name__) from exc
 
-    async def find_recording(self, owner_device_id: str, recording_id: str) -> dict[str, Any] | None:
+    async def find_recording(
+        self, owner_device_id: str, recording_id: str
+    ) -> dict[str, Any] | None:
         """Return the owner's recording, or None when it is missing, foreign or deleted."""
         try:
             return await self.recordings.find_one(
-                {"_id": recording_id, "owner_device_id": owner_device_id, "status": {"$ne": DELETED}}
+                {
+                    "_id": recording_id,
+                    "owner_device_id": owner_device_id,
+                    "status": {"$ne": DELETED},
+                }
             )
         except PyMongoError as exc:
             raise StoreUnavailableError(exc.__class__.__name__) from exc
@@ -234,7 +245,11 @@ class MetadataStore:
         """Apply `changes` if the recording is still in `expected_status`; return whether it was."""
         try:
             result = await self.recordings.update_one(
-                {"_id": recording_id, "owner_device_id": owner_device_id, "status": expected_status},
+                {
+                    "_id": recording_id,
+                    "owner_device_id": owner_device_id,
+                    "status": expected_status,
+                },
                 {"$set": changes},
             )
         except PyMongoError as exc:
