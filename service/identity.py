@@ -58,7 +58,8 @@ def public_key_sha256_of(certificate: x509.Certificate) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
-def _single_common_name(certificate: x509.Certificate) -> str | None:
+def single_common_name(certificate: x509.Certificate) -> str | None:
+    """Return the subject's only CN, or None for zero, several or a non-string CN."""
     subject = certificate.subject
     if len(subject) > _MAX_NAME_ATTRIBUTES:
         return None
@@ -68,7 +69,8 @@ def _single_common_name(certificate: x509.Certificate) -> str | None:
     return names[0].value
 
 
-def _single_device_uri(certificate: x509.Certificate) -> str | None:
+def single_uri_suffix(certificate: x509.Certificate, prefix: str) -> str | None:
+    """Return what follows `prefix` in the only SAN URI that starts with it, or None."""
     try:
         san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -76,10 +78,10 @@ def _single_device_uri(certificate: x509.Certificate) -> str | None:
     uris = san.get_values_for_type(x509.UniformResourceIdentifier)
     if len(uris) > _MAX_SAN_ENTRIES:
         return None
-    device_uris = [uri for uri in uris if uri.startswith(DEVICE_URI_PREFIX)]
-    if len(device_uris) != 1:
+    matching = [uri for uri in uris if uri.startswith(prefix)]
+    if len(matching) != 1:
         return None
-    return device_uris[0][len(DEVICE_URI_PREFIX) :]
+    return matching[0][len(prefix) :]
 
 
 def read_presented_certificate(pem: str) -> PresentedCertificate | None:
@@ -101,8 +103,8 @@ def read_presented_certificate(pem: str) -> PresentedCertificate | None:
     # cryptography decodes names and extensions lazily and raises ValueError (or
     # UnicodeError) on malformed strings and duplicate extensions.
     try:
-        common_name = _single_common_name(certificate)
-        uri_id = _single_device_uri(certificate)
+        common_name = single_common_name(certificate)
+        uri_id = single_uri_suffix(certificate, DEVICE_URI_PREFIX)
     except (ValueError, UnicodeError, TypeError, x509.DuplicateExtension):
         return PresentedCertificate(fingerprint, serial, None, "certificate names cannot be parsed")
 

@@ -17,20 +17,15 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 from fastapi import Request
 
 from certs.naming import OPERATOR_URI_PREFIX, InvalidNameError, validate_operator_name
 from service.config import ConfigError, Settings
 from service.errors import ApiError
-from service.identity import fingerprint_of
+from service.identity import fingerprint_of, single_common_name, single_uri_suffix
 from service.transport import client_certificate_from_scope
 
 logger = logging.getLogger(__name__)
-
-# Real operator certificates carry one CN and one URI; parsing gives up far beyond that.
-_MAX_NAME_ATTRIBUTES = 32
-_MAX_SAN_ENTRIES = 16
 
 
 @dataclass(frozen=True)
@@ -46,26 +41,11 @@ class OperatorIdentity:
 
 
 def _operator_name_from(certificate: x509.Certificate) -> str | None:
-    subject = certificate.subject
-    if len(subject) > _MAX_NAME_ATTRIBUTES:
+    common_name = single_common_name(certificate)
+    name = single_uri_suffix(certificate, OPERATOR_URI_PREFIX)
+    if common_name is None or name is None:
         return None
-    common_names = subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    if len(common_names) != 1 or not isinstance(common_names[0].value, str):
-        return None
-
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return None
-    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
-    if len(uris) > _MAX_SAN_ENTRIES:
-        return None
-    operator_uris = [uri for uri in uris if uri.startswith(OPERATOR_URI_PREFIX)]
-    if len(operator_uris) != 1:
-        return None
-
-    name = operator_uris[0][len(OPERATOR_URI_PREFIX) :]
-    if name != common_names[0].value:
+    if name != common_name:
         return None
     try:
         return validate_operator_name(name)
