@@ -116,15 +116,8 @@ def build_device_certificate(
         ValidityError: The validity period is invalid or outlives the CA.
     """
     validate_device_id(device_id)
-    not_before, not_after = leaf_validity(ca, validity_days, now=now)
-    return build_leaf_certificate(
-        ca,
-        public_key,
-        subject=_common_name_only(device_id),
-        san=[x509.UniformResourceIdentifier(DEVICE_URI_PREFIX + device_id)],
-        eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
-        not_before=not_before,
-        not_after=not_after,
+    return _build_client_certificate(
+        ca, public_key, device_id, DEVICE_URI_PREFIX, validity_days=validity_days, now=now
     )
 
 
@@ -143,12 +136,28 @@ def build_operator_certificate(
         ValidityError: The validity period is invalid or outlives the CA.
     """
     validate_operator_name(name)
+    return _build_client_certificate(
+        ca, public_key, name, OPERATOR_URI_PREFIX, validity_days=validity_days, now=now
+    )
+
+
+def _build_client_certificate(
+    ca: CertificateAuthority,
+    public_key: CertificatePublicKeyTypes,
+    name: str,
+    uri_prefix: str,
+    *,
+    validity_days: int,
+    now: datetime.datetime,
+) -> x509.Certificate:
+    # Devices and operators share one profile: the name in the CN and in a SAN URI,
+    # and the clientAuth EKU only.
     not_before, not_after = leaf_validity(ca, validity_days, now=now)
     return build_leaf_certificate(
         ca,
         public_key,
         subject=_common_name_only(name),
-        san=[x509.UniformResourceIdentifier(OPERATOR_URI_PREFIX + name)],
+        san=[x509.UniformResourceIdentifier(uri_prefix + name)],
         eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
         not_before=not_before,
         not_after=not_after,

@@ -2,8 +2,8 @@
 
 Entries are only ever inserted; no code path updates or deletes one. Security events
 that an attacker can trigger at will (unregistered certificates, ownership denials)
-are coalesced: the first event per actor, action and target in a window is written,
-and later ones only raise the in-memory repeat count reported with the next entry.
+are coalesced. The first event per actor, action and target in a window is written.
+Later ones only raise an in-memory repeat count, which the next entry reports.
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ class ConfigError(ValueError):
 
 
 def check_mongodb_uri_escaping(uri: str) -> None:
-    """Reject a MongoDB URI whose user or password holds unescaped reserved characters.
+    """Reject a MongoDB URI whose user or password contains unescaped reserved characters.
 
     PyMongo's own error for this case does not say which part is wrong, and a password
     with `@` silently turns part of itself into the host name.

@@ -1,4 +1,4 @@
-"""Where a client certificate becomes a registered device.
+"""Identity: the mapping from a client certificate to a registered device.
 
 The identity is the registered certificate, not its subject text: the SHA-256
 fingerprint of the DER bytes selects a device record, and the device id that the
@@ -40,7 +40,7 @@ _MAX_INVALIDATION_MARKS = 10_000
 
 @dataclass(frozen=True)
 class PresentedCertificate:
-    """What the service reads from a client certificate before any lookup."""
+    """The fields read from a client certificate before any lookup."""
 
     fingerprint: str  # SHA-256 of the DER encoding, lowercase hex
     serial: str  # lowercase hex
@@ -137,7 +137,8 @@ class IdentityCache:
     `lookup` serves an entry only while it was confirmed by the database less than
     `max_staleness` seconds ago; otherwise it queries MongoDB itself. `run_refresher`
     re-confirms every recently used entry in one batch every `max_staleness / 4`
-    seconds, so in steady state requests never wait for the database.
+    seconds. A request therefore waits for the database only on a fingerprint's first
+    lookup, or when the refresher has fallen behind (for example during an outage).
     """
 
     def __init__(
@@ -204,7 +205,7 @@ class IdentityCache:
     ) -> None:
         entry = self._entries.get(fingerprint)
         if entry is not None and entry.confirmed_at > confirmed_at:
-            return  # a newer answer arrived while this query was in flight
+            return  # a newer result arrived while this query was in flight
         invalidated_at = max(
             self._invalidated_at.get(fingerprint, float("-inf")), self._all_invalidated_at
         )

@@ -144,7 +144,7 @@ class ClientCertH11Protocol(H11Protocol):
     Kludex/uvicorn#3132 and #3133 (open in 2026-09) add it. Remove the extension code
     here once uvicorn ships it. The layout follows the ASGI TLS extension:
     `client_cert_chain` is a list of PEM strings, leaf first. Python before 3.13
-    exposes only the leaf, so the list holds one entry. The spec's integer
+    exposes only the leaf, so the list contains one entry. The spec's integer
     `cipher_suite` is not available from the ssl module and stays None.
     """
 

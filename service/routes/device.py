@@ -67,7 +67,7 @@ async def _owned_recording(
     except StoreUnavailableError as exc:
         raise metadata_unavailable() from exc
     if document is None:
-        # The same answer for "missing" and "someone else's"; only the log tells them apart.
+        # Missing and foreign recordings get the same 404, and only the audit log tells them apart.
         await runtime.audit.record(
             action="recording.not_found_or_denied",
             actor={"type": "device", "device_id": device.device_id},
@@ -82,7 +82,7 @@ async def _owned_recording(
 
 @router.get("/me", response_model=DeviceOut)
 async def read_me(device: Device) -> DeviceOut:
-    """Return the calling device's identity as the service sees it."""
+    """Return the calling device's registered identity."""
     return DeviceOut(
         device_id=device.device_id,
         household_id=device.household_id,

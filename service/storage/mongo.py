@@ -38,7 +38,7 @@ REVOKED = "revoked"
 
 
 class StoreUnavailableError(Exception):
-    """MongoDB could not be reached or did not answer in time."""
+    """MongoDB could not be reached or did not respond in time."""
 
 
 class DuplicateError(Exception):
